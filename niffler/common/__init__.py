@@ -1,0 +1,1 @@
+"""The shared layer used by every Niffler module; no module-specific logic here."""

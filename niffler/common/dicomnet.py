@@ -1,0 +1,428 @@
+"""DICOM networking shared by cold and meta: AE addresses, associations, the Storage SCP.
+
+The Storage SCP is the one receiver of Niffler: ``niffler-cold`` runs it as its
+C-MOVE destination, ``niffler-meta`` as its long-running listener. For speed it
+never decodes a received dataset: it reads only the few attributes the FilePath
+template and the hand-off need (header-only, stopping after the largest tag it
+wants), then writes preamble + File Meta Information + the bytes exactly as
+received to a temporary name inside the storage folder and renames it into
+place, so a reader never sees half a file. A failed write answers 0xA700 (out
+of resources) and an unparseable dataset 0xC210 (cannot understand); neither
+raises across the network (PS3.4 Annex B.2.3).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import threading
+import uuid
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.filereader import read_dataset
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pynetdicom import (
+    AE,
+    ALL_TRANSFER_SYNTAXES,
+    PYNETDICOM_IMPLEMENTATION_UID,
+    PYNETDICOM_IMPLEMENTATION_VERSION,
+    evt,
+)
+from pynetdicom.association import Association
+from pynetdicom.dsutils import encode_file_meta
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from niffler.common.errors import AssociationError, ConfigError, TemplateError
+from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
+
+__all__ = [
+    "STATUS_CANNOT_UNDERSTAND",
+    "STATUS_OUT_OF_RESOURCES",
+    "STATUS_SUCCESS",
+    "AEAddress",
+    "InstanceWriter",
+    "StorageSCP",
+    "StoredInstance",
+    "associate",
+    "validate_ae_title",
+]
+
+log = logging.getLogger(__name__)
+
+STATUS_SUCCESS = 0x0000
+#: PS3.4 B.2.3 "Refused: Out of Resources".
+STATUS_OUT_OF_RESOURCES = 0xA700
+#: PS3.4 B.2.3 "Error: Cannot understand".
+STATUS_CANNOT_UNDERSTAND = 0xC210
+
+#: Default maximum PDU Niffler offers: large PDUs cut per-PDU overhead, which
+#: dominates pynetdicom's receive path at the 16 KiB default (see bench/).
+DEFAULT_MAX_PDU = 4 * 1024 * 1024
+INCOMING_DIR = ".niffler-incoming"
+
+_HANDOFF_TAGS = (
+    Tag(0x00080005),  # SpecificCharacterSet, to decode names in templates
+    Tag(0x00080016),  # SOPClassUID
+    Tag(0x00080018),  # SOPInstanceUID
+    Tag(0x0020000D),  # StudyInstanceUID
+    Tag(0x0020000E),  # SeriesInstanceUID
+)
+# PS3.5 8.1: AE titles are 16 characters of the default repertoire, no
+# backslash or control characters; leading and trailing spaces are not significant.
+_AE_TITLE = re.compile(r"[\x20-\x5B\x5D-\x7E]{1,16}")
+
+
+def validate_ae_title(title: str, what: str = "AE title") -> str:
+    """Return *title* stripped, or raise ConfigError explaining what is wrong."""
+    stripped = title.strip()
+    if not stripped:
+        raise ConfigError(f"{what} is empty")
+    if len(stripped) > 16:
+        raise ConfigError(f"{what} {stripped!r} is longer than 16 characters")
+    if not _AE_TITLE.fullmatch(stripped):
+        raise ConfigError(f"{what} {stripped!r} contains a backslash or control character")
+    return stripped
+
+
+@dataclass(frozen=True)
+class AEAddress:
+    """A DICOM application entity: title, host and port."""
+
+    title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str, what: str = "AE address", default_host: str = "127.0.0.1") -> AEAddress:
+        """Return the address in ``AET@host:port`` or ``AET:port`` form.
+
+        Upstream writes ``SrcAet`` as ``AET@host:port`` and ``QueryAet`` as
+        ``AET:port`` (the port Niffler listens on); the latter gets *default_host*.
+        """
+        if not isinstance(text, str) or not text.strip():
+            raise ConfigError(f"{what} is empty; expected AET@host:port or AET:port")
+        title, sep, rest = text.strip().rpartition("@")
+        if not sep:
+            title, sep, port_text = text.strip().rpartition(":")
+            host = default_host
+            if not sep:
+                raise ConfigError(f"{what} {text!r} has no port; expected AET@host:port or AET:port")
+        else:
+            host, sep, port_text = rest.rpartition(":")
+            if not sep or not host:
+                raise ConfigError(f"{what} {text!r}: expected AET@host:port")
+        if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise ConfigError(f"{what} {text!r}: port must be a number from 1 to 65535")
+        return cls(validate_ae_title(title, f"{what} title"), host.strip("[]"), int(port_text))
+
+    def __str__(self) -> str:
+        return f"{self.title}@{self.host}:{self.port}"
+
+
+@contextlib.contextmanager
+def associate(
+    ae: AE,
+    peer: AEAddress,
+    *,
+    ext_neg: Sequence[Any] | None = None,
+    evt_handlers: Sequence[Any] | None = None,
+) -> Iterator[Association]:
+    """Yield an established association to *peer*; always release or abort it.
+
+    Raises AssociationError naming the peer when the association is
+    rejected, aborted or cannot be opened (connection refused, timeout).
+    """
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.title,
+        ext_neg=list(ext_neg) if ext_neg else None,
+        evt_handlers=list(evt_handlers) if evt_handlers else None,
+    )
+    if not assoc.is_established:
+        if assoc.is_rejected:
+            reason = "rejected the association (is our AE title known to it, and its title right?)"
+        elif assoc.is_aborted:
+            reason = "aborted the association"
+        else:
+            reason = "could not be reached (connection refused or timed out)"
+        raise AssociationError(f"{peer} {reason}")
+    try:
+        yield assoc
+    except BaseException:
+        if assoc.is_established:
+            assoc.abort()
+        raise
+    else:
+        if assoc.is_established:
+            assoc.release()
+
+
+@dataclass(frozen=True)
+class StoredInstance:
+    """What the Storage SCP hands on for each file it has stored."""
+
+    path: Path
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax: str
+    calling_aet: str
+    size: int
+
+
+def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[BaseTag]) -> Dataset:
+    """Return a dataset holding only *tags*, parsed from the encoded *raw* bytes."""
+    data: bytes | memoryview = raw
+    if transfer_syntax == DeflatedExplicitVRLittleEndian:
+        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(raw), 1 << 20)
+    last = max(tags)
+
+    def stop_when(tag: BaseTag, vr: str | None, length: int) -> bool:
+        return tag > last
+
+    return read_dataset(
+        BytesIO(data),
+        transfer_syntax.is_implicit_VR,
+        transfer_syntax.is_little_endian,
+        stop_when=stop_when,
+        specific_tags=list(tags),
+    )
+
+
+class InstanceWriter:
+    """Writes received datasets as Part 10 files under a storage folder by template."""
+
+    def __init__(self, storage_folder: str | Path, file_path: str = DEFAULT_FILE_PATH, *, fsync: bool = False) -> None:
+        self.storage_folder = Path(storage_folder).absolute()
+        self.template = FileTemplate.parse(file_path)
+        self.incoming = self.storage_folder / INCOMING_DIR
+        self.fsync = fsync
+        self._tags = sorted(set(_HANDOFF_TAGS) | set(self.template.tags))
+
+    def prepare(self) -> None:
+        """Create the folders and drop temp files of writes a crash interrupted.
+
+        Such a file was never acknowledged (the response follows the rename),
+        so the sender still holds it as unsent.
+        """
+        self.incoming.mkdir(parents=True, exist_ok=True)
+        for leftover in self.incoming.glob("*.part"):
+            leftover.unlink(missing_ok=True)
+
+    def write(
+        self,
+        raw: bytes | memoryview,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_uid: str,
+        calling_aet: str = "",
+    ) -> StoredInstance:
+        """Return where the encoded dataset *raw* was stored.
+
+        Raises ValueError (and subclasses) when the header cannot be parsed,
+        TemplateError when the template cannot place it, OSError when the
+        disk write fails; a partial file is never left in place.
+        """
+        ts = UID(transfer_syntax)
+        header = _read_header(raw, ts, self._tags)
+        sop_uid = str(header.get("SOPInstanceUID", "") or sop_uid)
+        sop_class_uid = str(header.get("SOPClassUID", "") or sop_class_uid)
+        target = self.template.path_in(self.storage_folder, header)
+
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class_uid
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ts
+        meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
+        meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
+        if calling_aet:
+            meta.SourceApplicationEntityTitle = calling_aet
+        preamble = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+
+        tmp = self.incoming / f"{uuid.uuid4().hex}.part"
+        try:
+            with open(tmp, "wb") as handle:
+                handle.write(preamble)
+                handle.write(raw)
+                if self.fsync:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        return StoredInstance(
+            path=target,
+            study_uid=str(header.get("StudyInstanceUID", "")),
+            series_uid=str(header.get("SeriesInstanceUID", "")),
+            sop_uid=sop_uid,
+            sop_class_uid=sop_class_uid,
+            transfer_syntax=str(ts),
+            calling_aet=calling_aet,
+            size=len(preamble) + len(raw),
+        )
+
+    def handle_c_store(
+        self,
+        event: evt.Event,
+        on_stored: Callable[[StoredInstance], None] | None = None,
+        admit: Callable[[], int] | None = None,
+    ) -> int:
+        """Return the C-STORE status for *event* after storing it; never raises."""
+        request = event.request
+        calling = event.assoc.requestor.ae_title.strip() if event.assoc else ""
+        if admit is not None:
+            refusal = admit()
+            if refusal:
+                return refusal
+        try:
+            raw = request.DataSet.getbuffer()  # type: ignore[union-attr]
+            stored = self.write(
+                raw,
+                event.context.transfer_syntax,
+                str(request.AffectedSOPClassUID),
+                str(request.AffectedSOPInstanceUID),
+                calling,
+            )
+        except OSError as exc:
+            log.error("cannot write a received instance from %s: %s", calling, exc.strerror or exc)
+            return STATUS_OUT_OF_RESOURCES
+        except TemplateError as exc:
+            log.error("cannot place an instance from %s: %s", calling, exc)
+            return STATUS_CANNOT_UNDERSTAND
+        except Exception as exc:  # a malformed dataset must not kill the association
+            log.error("cannot parse an instance from %s: %s", calling, type(exc).__name__)
+            return STATUS_CANNOT_UNDERSTAND
+        if on_stored is not None:
+            try:
+                on_stored(stored)
+            except Exception:
+                # The file is safely on disk; consumers rescan the folder on start.
+                log.exception("hand-off of a stored instance failed")
+        return STATUS_SUCCESS
+
+
+class StorageSCP:
+    """Niffler's Storage SCP: non-blocking start/stop, every storage SOP class.
+
+    Parameters
+    ----------
+    storage_folder
+        Root folder for received files.
+    ae_title, port, host
+        What to listen as. *port* 0 picks a free port (see :attr:`port`).
+    file_path
+        dcm4che-style FilePath template for where each instance lands.
+    on_stored
+        Called on the association's thread with each :class:`StoredInstance`
+        after its file is in place; keep it quick (put it on a queue).
+    allowed_calling_aets
+        If given, associations from any other calling AE title are rejected.
+    admit
+        Called before each store; a non-zero return is sent as the status
+        instead of storing (e.g. 0xA700 when the disk passes a watermark).
+    """
+
+    def __init__(
+        self,
+        storage_folder: str | Path,
+        *,
+        ae_title: str = "NIFFLER",
+        port: int = 0,
+        host: str = "0.0.0.0",  # noqa: S104 - a PACS sends from another host
+        file_path: str = DEFAULT_FILE_PATH,
+        on_stored: Callable[[StoredInstance], None] | None = None,
+        allowed_calling_aets: Sequence[str] | None = None,
+        admit: Callable[[], int] | None = None,
+        maximum_pdu_size: int = DEFAULT_MAX_PDU,
+        maximum_associations: int = 16,
+        fsync: bool = False,
+    ) -> None:
+        self.ae_title = validate_ae_title(ae_title, "QueryAet title")
+        self.host = host
+        self._requested_port = port
+        self.writer = InstanceWriter(storage_folder, file_path, fsync=fsync)
+        self.on_stored = on_stored
+        self.admit = admit
+        self.allowed_calling_aets = (
+            [validate_ae_title(t, "allowed calling AE title") for t in allowed_calling_aets]
+            if allowed_calling_aets
+            else None
+        )
+        self.maximum_pdu_size = maximum_pdu_size
+        self.maximum_associations = maximum_associations
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """Return the port actually listened on (useful when asked for port 0)."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def storage_folder(self) -> Path:
+        return self.writer.storage_folder
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.ae_title)
+        ae.maximum_pdu_size = self.maximum_pdu_size
+        ae.maximum_associations = self.maximum_associations
+        for context in AllStoragePresentationContexts:
+            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        ae.add_supported_context(Verification)
+        if self.allowed_calling_aets:
+            ae.require_calling_aet = self.allowed_calling_aets
+        return ae
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        return self.writer.handle_c_store(event, self.on_stored, self.admit)
+
+    def start(self) -> StorageSCP:
+        """Start listening in background threads and return self."""
+        with self._lock:
+            if self._server is not None:
+                return self
+            self.writer.prepare()
+            ae = self._build_ae()
+            try:
+                self._server = ae.start_server(
+                    (self.host, self._requested_port),
+                    block=False,
+                    evt_handlers=[(evt.EVT_C_STORE, self._on_c_store)],
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {self.host}:{self._requested_port} as {self.ae_title}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+        log.info("Storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
+        return self
+
+    def stop(self) -> None:
+        """Stop listening; associations in flight are closed by pynetdicom."""
+        with self._lock:
+            server, self._server = self._server, None
+        if server is not None:
+            server.shutdown()
+            log.info("Storage SCP %s stopped", self.ae_title)
+
+    def __enter__(self) -> StorageSCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

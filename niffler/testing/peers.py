@@ -1,0 +1,246 @@
+"""Real DICOM and MongoDB-wire peers on loopback, for tests, benchmarks and the demo.
+
+Each peer is a real program (Orthanc, DCMTK, SecantusDB) started as its own
+process on a free 127.0.0.1 port and stopped by its PID. Nothing here is used
+by Niffler's modules at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "DcmtkStoreSCP",
+    "OrthancPACS",
+    "SecantusServer",
+    "dcmtk_env",
+    "free_port",
+    "run_dcmtk",
+    "wait_for_port",
+]
+
+LOOPBACK = "127.0.0.1"
+ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+
+
+def free_port() -> int:
+    """Return a TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[Any] | None = None) -> None:
+    """Return once 127.0.0.1:*port* accepts connections, or raise TimeoutError."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process {proc.args!r} exited with {proc.returncode} before listening")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.settimeout(0.2)
+            if sock.connect_ex((LOOPBACK, port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on {LOOPBACK}:{port} within {timeout} s")
+
+
+def _stop(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=5)
+
+
+def dcmtk_env() -> dict[str, str]:
+    """Return the environment for DCMTK tools: TCP_NODELAY=1 avoids Nagle stalls on loopback."""
+    env = dict(os.environ)
+    env["TCP_NODELAY"] = "1"
+    return env
+
+
+def run_dcmtk(args: Sequence[str], timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """Run a DCMTK tool (argument list, no shell) and return its completed process."""
+    result = subprocess.run(
+        list(args), env=dcmtk_env(), capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(
+            f"{args[0]} exited {result.returncode}:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        )
+    return result
+
+
+@dataclass
+class OrthancPACS:
+    """A real Orthanc PACS in its own process, on free loopback ports.
+
+    *modalities* maps a name to (AE title, host, port): the AEs Orthanc will
+    answer C-FIND/C-MOVE/C-GET for and send C-MOVE results to. Calling AEs not
+    listed are refused, as in a real hospital PACS.
+    """
+
+    workdir: Path
+    aet: str = "ORTHANC"
+    modalities: Mapping[str, tuple[str, str, int]] = field(default_factory=dict)
+    dicom_port: int = 0
+    http_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> OrthancPACS:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.dicom_port = self.dicom_port or free_port()
+        self.http_port = self.http_port or free_port()
+        config = {
+            "Name": "NifflerTestPACS",
+            "StorageDirectory": str(self.workdir / "db"),
+            "IndexDirectory": str(self.workdir / "db"),
+            "Plugins": [],
+            "HttpPort": self.http_port,
+            "RemoteAccessAllowed": False,
+            "AuthenticationEnabled": False,
+            "DicomAet": self.aet,
+            "DicomPort": self.dicom_port,
+            "DicomCheckCalledAet": True,
+            "DicomCheckModalityHost": False,
+            "DicomAlwaysAllowEcho": True,
+            "DicomAlwaysAllowStore": True,
+            "DicomAlwaysAllowFind": False,
+            "DicomAlwaysAllowGet": False,
+            "DicomAlwaysAllowMove": False,
+            "DicomModalities": {k: list(v) for k, v in self.modalities.items()},
+            "SaveJobs": False,
+            "StableAge": 5,
+            "ConcurrentJobs": 2,
+        }
+        cfg = self.workdir / "orthanc.json"
+        cfg.write_text(json.dumps(config, indent=2))
+        log = open(self.workdir / "orthanc.log", "wb")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [ORTHANC_BIN, "--no-jobs", str(cfg)], stdout=log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"Orthanc exited {self.proc.returncode}; see {self.workdir}/orthanc.log")
+            try:
+                self.rest("/system")
+                break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            raise TimeoutError("Orthanc did not answer on its HTTP port")
+        wait_for_port(self.dicom_port, proc=self.proc)
+        return self
+
+    def rest(self, path: str, body: bytes | None = None, method: str | None = None) -> Any:
+        """Return the decoded JSON answer of Orthanc's REST API on loopback."""
+        req = urllib.request.Request(  # noqa: S310 - fixed http://127.0.0.1 URL
+            f"http://{LOOPBACK}:{self.http_port}{path}", data=body, method=method
+        )
+        with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
+            payload = resp.read()
+        return json.loads(payload) if payload else None
+
+    def upload(self, files: Sequence[Path]) -> None:
+        """Store *files* in the PACS through its REST API."""
+        for path in files:
+            answer = self.rest("/instances", body=Path(path).read_bytes(), method="POST")
+            if answer.get("Status") not in ("Success", "AlreadyStored"):
+                raise RuntimeError(f"Orthanc refused {path}: {answer}")
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> OrthancPACS:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class SecantusServer:
+    """A real MongoDB-wire server (SecantusDB) in its own process on loopback."""
+
+    storage_path: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"mongodb://{LOOPBACK}:{self.port}/?directConnection=true"
+
+    def start(self) -> SecantusServer:
+        self.storage_path.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        exe = Path(sys.executable).with_name("secantusd-py")
+        cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "secantus"]
+        log = open(self.storage_path.parent / f"secantus-{self.port}.log", "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [*cmd, "--host", LOOPBACK, "--port", str(self.port), "--storage-path",
+             str(self.storage_path), "--log-level", "WARNING", "--standalone"],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        wait_for_port(self.port, timeout=30, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc, timeout=20)
+        self.proc = None
+
+    def kill(self) -> None:
+        """Kill -9 the server, as a crash would."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def __enter__(self) -> SecantusServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class DcmtkStoreSCP:
+    """DCMTK's own ``storescp`` as a reference receiver (benchmarks)."""
+
+    output_dir: Path
+    aet: str = "DCMTKSCP"
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> DcmtkStoreSCP:
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self.port = self.port or free_port()
+        self.proc = subprocess.Popen(
+            ["storescp", "-aet", self.aet, "-od", str(self.output_dir), "-uf", str(self.port)],
+            env=dcmtk_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
