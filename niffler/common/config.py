@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from niffler.common.errors import ConfigError
+from niffler.common.errors import ConfigError, NifflerError
 
 __all__ = [
     "LEGACY_IGNORED_KEYS",
@@ -69,9 +69,7 @@ def setting(
     }
     if isinstance(default, (list, dict, set)):
         frozen = tuple(default) if not isinstance(default, dict) else dict(default)
-        return dataclasses.field(
-            default_factory=lambda: type(default)(frozen), metadata=metadata
-        )
+        return dataclasses.field(default_factory=lambda: type(default)(frozen), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)
 
 
@@ -237,7 +235,9 @@ def load_config(
         values[key] = coerced
     try:
         return model(**values)
-    except ValueError as exc:
+    except ConfigError:
+        raise
+    except (ValueError, NifflerError) as exc:
         # A model's __post_init__ cross-checks keys and names them itself.
         raise ConfigError(str(exc)) from None
 
@@ -268,6 +268,8 @@ def config_help(model: type[Any]) -> list[tuple[str, str, Any, str]]:
     hints = typing.get_type_hints(model)
     rows = []
     for f in dataclasses.fields(model):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        rows.append((f.name, getattr(hints[f.name], "__name__", str(hints[f.name])), default, f.metadata.get("doc", "")))
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
+        type_name = getattr(hints[f.name], "__name__", str(hints[f.name]))
+        rows.append((f.name, type_name, default, f.metadata.get("doc", "")))
     return rows

@@ -24,12 +24,12 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import (
     AE,
     ALL_TRANSFER_SYNTAXES,
@@ -38,6 +38,7 @@ from pynetdicom import (
     evt,
 )
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -77,6 +78,20 @@ _HANDOFF_TAGS = (
     Tag(0x0020000D),  # StudyInstanceUID
     Tag(0x0020000E),  # SeriesInstanceUID
 )
+_UNCOMPRESSED = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+)
+#: pynetdicom accepts the first of *our* transfer syntaxes that the sender
+#: proposes. Compressed ones come first so that a sender offering its native
+#: compression and a decompressed fallback keeps its original bytes: nothing
+#: is decoded on the network thread and the disk holds what was acquired.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED),
+    *_UNCOMPRESSED,
+]
 # PS3.5 8.1: AE titles are 16 characters of the default repertoire, no
 # backslash or control characters; leading and trailing spaces are not significant.
 _AE_TITLE = re.compile(r"[\x20-\x5B\x5D-\x7E]{1,16}")
@@ -190,7 +205,7 @@ def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[B
     last = max(tags)
 
     def stop_when(tag: BaseTag, vr: str | None, length: int) -> bool:
-        return tag > last
+        return bool(tag > last)
 
     return read_dataset(
         BytesIO(data),
@@ -204,7 +219,9 @@ def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[B
 class InstanceWriter:
     """Writes received datasets as Part 10 files under a storage folder by template."""
 
-    def __init__(self, storage_folder: str | Path, file_path: str = DEFAULT_FILE_PATH, *, fsync: bool = False) -> None:
+    def __init__(
+        self, storage_folder: str | Path, file_path: str = DEFAULT_FILE_PATH, *, fsync: bool = False
+    ) -> None:
         self.storage_folder = Path(storage_folder).absolute()
         self.template = FileTemplate.parse(file_path)
         self.incoming = self.storage_folder / INCOMING_DIR
@@ -242,8 +259,8 @@ class InstanceWriter:
         target = self.template.path_in(self.storage_folder, header)
 
         meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = sop_class_uid
-        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
         meta.TransferSyntaxUID = ts
         meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
         meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
@@ -282,14 +299,14 @@ class InstanceWriter:
         admit: Callable[[], int] | None = None,
     ) -> int:
         """Return the C-STORE status for *event* after storing it; never raises."""
-        request = event.request
+        request = cast(C_STORE, event.request)
         calling = event.assoc.requestor.ae_title.strip() if event.assoc else ""
         if admit is not None:
             refusal = admit()
             if refusal:
                 return refusal
         try:
-            raw = request.DataSet.getbuffer()  # type: ignore[union-attr]
+            raw = cast(BytesIO, request.DataSet).getbuffer()
             stored = self.write(
                 raw,
                 event.context.transfer_syntax,
@@ -383,7 +400,8 @@ class StorageSCP:
         ae.maximum_pdu_size = self.maximum_pdu_size
         ae.maximum_associations = self.maximum_associations
         for context in AllStoragePresentationContexts:
-            ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            if context.abstract_syntax is not None:
+                ae.add_supported_context(context.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         if self.allowed_calling_aets:
             ae.require_calling_aet = self.allowed_calling_aets

@@ -72,8 +72,7 @@ def _parse_tag(name: str, template: str) -> BaseTag:
     found = tag_for_keyword(key)
     if found is None:
         raise TemplateError(
-            f"FilePath template {template!r}: {{{name}}} is neither an 8-digit hex tag "
-            "nor a DICOM keyword"
+            f"FilePath template {template!r}: {{{name}}} is neither an 8-digit hex tag nor a DICOM keyword"
         )
     return Tag(found)
 

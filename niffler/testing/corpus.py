@@ -22,6 +22,7 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence as DicomSequence
 from pydicom.uid import (
+    UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
     MRImageStorage,
@@ -113,7 +114,7 @@ def make_instance(
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
@@ -156,7 +157,7 @@ def make_instance(
     ds.StudyID = accession[-6:]
     ds.SeriesNumber = series_number
     ds.InstanceNumber = instance_number
-    ds.FrameOfReferenceUID = series_uid + ".1"
+    ds.FrameOfReferenceUID = _uid(pixel_seed, "frame", series_uid)
     ds.RequestAttributesSequence = DicomSequence([Dataset()])
     ds.RequestAttributesSequence[0].AccessionNumber = accession
     ds.RequestAttributesSequence[0].RequestedProcedureID = f"RP{accession}"

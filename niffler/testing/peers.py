@@ -74,7 +74,9 @@ def dcmtk_env() -> dict[str, str]:
     return env
 
 
-def run_dcmtk(args: Sequence[str], timeout: float = 300.0, check: bool = True) -> subprocess.CompletedProcess[str]:
+def run_dcmtk(
+    args: Sequence[str], timeout: float = 300.0, check: bool = True
+) -> subprocess.CompletedProcess[str]:
     """Run a DCMTK tool (argument list, no shell) and return its completed process."""
     result = subprocess.run(
         list(args), env=dcmtk_env(), capture_output=True, text=True, timeout=timeout, check=False
@@ -150,9 +152,7 @@ class OrthancPACS:
 
     def rest(self, path: str, body: bytes | None = None, method: str | None = None) -> Any:
         """Return the decoded JSON answer of Orthanc's REST API on loopback."""
-        req = urllib.request.Request(  # noqa: S310 - fixed http://127.0.0.1 URL
-            f"http://{LOOPBACK}:{self.http_port}{path}", data=body, method=method
-        )
+        req = urllib.request.Request(f"http://{LOOPBACK}:{self.http_port}{path}", data=body, method=method)
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
             payload = resp.read()
         return json.loads(payload) if payload else None
@@ -194,8 +194,18 @@ class SecantusServer:
         cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "secantus"]
         log = open(self.storage_path.parent / f"secantus-{self.port}.log", "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [*cmd, "--host", LOOPBACK, "--port", str(self.port), "--storage-path",
-             str(self.storage_path), "--log-level", "WARNING", "--standalone"],
+            [
+                *cmd,
+                "--host",
+                LOOPBACK,
+                "--port",
+                str(self.port),
+                "--storage-path",
+                str(self.storage_path),
+                "--log-level",
+                "WARNING",
+                "--standalone",
+            ],
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -227,13 +237,24 @@ class DcmtkStoreSCP:
     output_dir: Path
     aet: str = "DCMTKSCP"
     port: int = 0
+    #: ``+B`` (bit-preserving) writes datasets exactly as received.
+    extra_args: Sequence[str] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> DcmtkStoreSCP:
         self.output_dir.mkdir(parents=True, exist_ok=True)
         self.port = self.port or free_port()
         self.proc = subprocess.Popen(
-            ["storescp", "-aet", self.aet, "-od", str(self.output_dir), "-uf", str(self.port)],
+            [
+                "storescp",
+                "-aet",
+                self.aet,
+                "-od",
+                str(self.output_dir),
+                "-uf",
+                *self.extra_args,
+                str(self.port),
+            ],
             env=dcmtk_env(),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -244,3 +265,9 @@ class DcmtkStoreSCP:
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+
+    def __enter__(self) -> DcmtkStoreSCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

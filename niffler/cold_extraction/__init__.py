@@ -1,0 +1,1 @@
+"""niffler-cold."""

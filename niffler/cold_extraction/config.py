@@ -1,0 +1,54 @@
+"""The config of niffler-cold: upstream's config.json + system.json keys, unchanged."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from niffler.common.config import setting
+from niffler.common.dicomnet import AEAddress, validate_ae_title
+from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
+
+__all__ = ["QUERY_ONLY_MODES", "ColdConfig"]
+
+#: FilePath sentinels that switch upstream into query-only modes.
+QUERY_ONLY_MODES = ("CFIND-ONLY", "CFIND-DETAILED")
+
+
+@dataclass(frozen=True)
+class ColdConfig:
+    """Settings of a retrospective retrieval run (upstream key names)."""
+
+    SrcAet: str = setting("", "the PACS to query and retrieve from, as AET@host:port")
+    QueryAet: str = setting("NIFFLER:4243", "our AE title and the port our Storage SCP listens on, AET:port")
+    DestAet: str = setting("", "C-MOVE destination AE title; empty means QueryAet's (our own receiver)")
+    NightlyOnly: bool = setting(False, "only retrieve between StartHour and EndHour")
+    StartHour: int = setting(19, "hour (0-23) the nightly window opens", minimum=0, maximum=23)
+    EndHour: int = setting(7, "hour (0-23) the nightly window closes", minimum=0, maximum=23)
+    NifflerID: int = setting(1, "identifier of this Niffler instance, for logs and reports", minimum=0)
+    MaxNifflerProcesses: int = setting(1, "concurrent associations to the PACS", minimum=1, maximum=64)
+    StorageFolder: Path = setting(Path("niffler-cold-data"), "folder retrieved files are stored under")
+    FilePath: str = setting(DEFAULT_FILE_PATH, "dcm4che-style path template, or CFIND-ONLY / CFIND-DETAILED")
+    CsvFile: str = setting("", "CSV of rows to retrieve (overridden by --csv)")
+    NumberOfQueryAttributes: int = setting(
+        1, "how many CSV columns to match on (legacy form)", minimum=1, maximum=3
+    )
+    FirstAttr: str = setting("PatientID", "DICOM keyword of the first query column (legacy form)")
+    FirstIndex: int = setting(0, "0-based CSV column of FirstAttr (legacy form)", minimum=0)
+    SecondAttr: str = setting("AccessionNumber", "DICOM keyword of the second query column (legacy form)")
+    SecondIndex: int = setting(1, "0-based CSV column of SecondAttr (legacy form)", minimum=0)
+    ThirdAttr: str = setting("StudyDate", "DICOM keyword of the third query column (legacy form)")
+    ThirdIndex: int = setting(2, "0-based CSV column of ThirdAttr (legacy form)", minimum=0)
+    LongAccession: bool = setting(False, "shorten 4-digit-year accessions longer than 16 characters")
+    DateFormat: str = setting("%Y%m%d", "strptime format of StudyDate cells")
+    SendEmail: bool = setting(False, "e-mail YourEmail when the run completes")
+    YourEmail: str = setting("", "address for the completion e-mail", secret=False)
+
+    def __post_init__(self) -> None:
+        if self.SrcAet:
+            AEAddress.parse(self.SrcAet, "SrcAet")
+        AEAddress.parse(self.QueryAet, "QueryAet")
+        if self.DestAet:
+            validate_ae_title(self.DestAet, "DestAet")
+        if self.FilePath not in QUERY_ONLY_MODES:
+            FileTemplate.parse(self.FilePath)

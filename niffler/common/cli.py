@@ -1,0 +1,68 @@
+"""The edge every console command shares: logging set-up and error handling.
+
+Only ``cli.py`` files call this. Logs go to stderr with %-style arguments;
+-v/-q move the level. A :class:`~niffler.common.errors.NifflerError` becomes
+one line on stderr and its exit code; a Ctrl-C exits 130.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+
+from niffler import __version__
+from niffler.common.errors import NifflerError
+
+__all__ = ["fail_cleanly", "not_implemented_command", "setup_logging"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
+    """Configure the root logger on stderr: INFO by default, -v DEBUG, -q WARNING."""
+    level = logging.INFO - 10 * verbose + 10 * quiet
+    logging.basicConfig(
+        level=max(logging.DEBUG, min(logging.CRITICAL, level)),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # pynetdicom logs every PDU at INFO; keep its noise for -vv.
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
+    logging.getLogger(__name__).debug("niffler %s, pid %d", __version__, os.getpid())
+
+
+def fail_cleanly(func: F) -> F:
+    """Wrap a click command so NifflerError prints one line and exits non-zero."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except NifflerError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def not_implemented_command(name: str, issue: int) -> click.Command:
+    """Return a console command that says it is not implemented yet and exits 3."""
+
+    @click.command(name=name, context_settings={"ignore_unknown_options": True})
+    @click.version_option(__version__, prog_name=name)
+    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
+    def command(args: tuple[str, ...]) -> None:
+        click.echo(f"{name}: not implemented yet (tracked in issue {issue})", err=True)
+        sys.exit(3)
+
+    return command

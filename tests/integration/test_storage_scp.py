@@ -1,0 +1,232 @@
+"""Niffler's Storage SCP against real DCMTK senders and a real Orthanc C-MOVE."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pynetdicom import AE
+from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
+
+from niffler.common.dicomnet import StorageSCP, StoredInstance
+from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
+from niffler.testing.dicomfiles import dataset_bytes
+from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk
+
+LOOPBACK = "127.0.0.1"
+COMPRESSED_FILES = [
+    "MR_small_jp2klossless.dcm",  # JPEG 2000 lossless
+    "MR_small_RLE.dcm",  # RLE
+    "MR_small_jpeg_ls_lossless.dcm",  # JPEG-LS lossless
+    "SC_rgb_jpeg_dcmtk.dcm",  # JPEG baseline
+    "JPGExtended.dcm",  # JPEG extended
+    "JPEG2000.dcm",  # JPEG 2000
+    "rtdose.dcm",  # multi-frame RT Dose, implicit VR
+    "examples_palette.dcm",  # palette colour
+]
+
+
+def expected_path(root: Path, ds: pydicom.Dataset) -> Path:
+    return (
+        root
+        / (ds.PatientID or "UNKNOWN")
+        / ds.StudyInstanceUID
+        / ds.SeriesInstanceUID
+        / f"{ds.SOPInstanceUID}.dcm"
+    )
+
+
+@pytest.fixture
+def scp(tmp_path: Path):
+    received: list[StoredInstance] = []
+    server = StorageSCP(tmp_path / "received", ae_title="NIFFLER", host=LOOPBACK, on_stored=received.append)
+    server.received = received  # type: ignore[attr-defined]
+    with server:
+        yield server
+
+
+def storescu(port: int, *paths: Path, aet: str = "MODALITY", check: bool = True):
+    return run_dcmtk(
+        ["storescu", "-aet", aet, "-aec", "NIFFLER", "+sd", "+r", LOOPBACK, str(port), *map(str, paths)],
+        check=check,
+    )
+
+
+def test_storescu_corpus_arrives_byte_identical_where_template_says(
+    scp: StorageSCP, corpus: list[Instance]
+) -> None:
+    storescu(scp.port, corpus[0].path.parent)
+    root = scp.storage_folder
+    stored = sorted(p for p in root.rglob("*.dcm"))
+    assert len(stored) == len(corpus) == 16
+    for inst in corpus:
+        target = root / inst.patient_id / inst.study_uid / inst.series_uid / f"{inst.sop_uid}.dcm"
+        assert target.exists(), target
+        assert dataset_bytes(target) == dataset_bytes(inst.path)
+        meta = pydicom.dcmread(target, stop_before_pixels=True).file_meta
+        assert meta.MediaStorageSOPInstanceUID == inst.sop_uid
+        assert meta.SourceApplicationEntityTitle == "MODALITY"
+    # Leading zeros of PatientID survive into the path.
+    assert {p.relative_to(root).parts[0] for p in stored} == {"000001", "000002"}
+    # The hand-off names every instance once, with its UIDs and final path.
+    assert sorted(r.sop_uid for r in scp.received) == sorted(i.sop_uid for i in corpus)  # type: ignore[attr-defined]
+    by_sop = {i.sop_uid: i for i in corpus}
+    for rec in scp.received:  # type: ignore[attr-defined]
+        assert rec.series_uid == by_sop[rec.sop_uid].series_uid and rec.path.exists()
+    # No temp files remain.
+    assert list((root / ".niffler-incoming").iterdir()) == []
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", *COMPRESSED_FILES])
+def test_dcmsend_file_arrives_exactly_as_dcmtk_bit_preserving_storescp_writes_it(
+    scp: StorageSCP, name: str, tmp_path: Path
+) -> None:
+    source = get_testdata_file(name, download=False)
+    assert source is not None, f"pydicom no longer ships {name}"
+    original = pydicom.dcmread(source, stop_before_pixels=True)
+    # dcmsend re-encodes a little as it sends (drops group lengths and
+    # trailing padding), so the reference is DCMTK's own receiver in
+    # bit-preserving mode, fed the very same send.
+    with DcmtkStoreSCP(tmp_path / "dcmtk", aet="NIFFLER", extra_args=["+B", "+xa"]) as reference:
+        run_dcmtk(["dcmsend", "-aet", "MODALITY", "-aec", "NIFFLER", LOOPBACK, str(reference.port), source])
+    run_dcmtk(["dcmsend", "-aet", "MODALITY", "-aec", "NIFFLER", LOOPBACK, str(scp.port), source])
+    (dcmtk_file,) = [p for p in (tmp_path / "dcmtk").iterdir() if p.is_file()]
+    target = expected_path(scp.storage_folder, original)
+    assert target.exists()
+    assert dataset_bytes(target) == dataset_bytes(dcmtk_file)
+    received = pydicom.dcmread(target)
+    # A compressed dataset is kept as sent, never decompressed on the way.
+    if original.file_meta.TransferSyntaxUID.is_compressed:
+        assert received.file_meta.TransferSyntaxUID == original.file_meta.TransferSyntaxUID
+    assert received.PixelData == pydicom.dcmread(source).PixelData
+
+
+def test_hostile_patient_id_stays_inside_storage_folder(scp: StorageSCP, tmp_path: Path) -> None:
+    corpus = generate_corpus(
+        tmp_path / "c",
+        CorpusSpec(patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=1),
+    )
+    ds = pydicom.dcmread(corpus[0].path)
+    ds.PatientID = "../../../../etc"
+    ds.save_as(corpus[0].path)
+    storescu(scp.port, corpus[0].path)
+    files = [p for p in tmp_path.rglob("*.dcm") if "received" in p.parts]
+    assert len(files) == 1
+    rel = files[0].relative_to(scp.storage_folder)
+    assert rel.parts[0] == "_._.._.._.._etc"
+    assert not (tmp_path / "etc").exists() and not Path("/etc", corpus[0].study_uid).exists()
+
+
+def test_unlisted_calling_ae_is_rejected_and_nothing_stored(tmp_path: Path, corpus: list[Instance]) -> None:
+    with StorageSCP(
+        tmp_path / "r", ae_title="NIFFLER", host=LOOPBACK, allowed_calling_aets=["MODALITY"]
+    ) as server:
+        refused = storescu(server.port, corpus[0].path, aet="INTRUDER", check=False)
+        assert refused.returncode != 0
+        assert list((tmp_path / "r").rglob("*.dcm")) == []
+        storescu(server.port, corpus[0].path, aet="MODALITY")
+        assert len(list((tmp_path / "r").rglob("*.dcm"))) == 1
+
+
+def test_failed_disk_write_answers_out_of_resources(scp: StorageSCP, corpus: list[Instance]) -> None:
+    incoming = scp.storage_folder / ".niffler-incoming"
+    shutil.rmtree(incoming)
+    incoming.write_text("not a folder: every write into it fails")
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(CTImageStorage)
+    assoc = ae.associate(LOOPBACK, scp.port, ae_title="NIFFLER")
+    assert assoc.is_established
+    status = assoc.send_c_store(pydicom.dcmread(corpus[0].path))
+    assoc.release()
+    assert status.Status == 0xA700
+    # DCMTK sees the same refusal.
+    result = run_dcmtk(
+        [
+            "storescu",
+            "-v",
+            "-aet",
+            "MODALITY",
+            "-aec",
+            "NIFFLER",
+            LOOPBACK,
+            str(scp.port),
+            str(corpus[1].path),
+        ],
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "Refused: OutOfResources" in result.stdout + result.stderr
+    assert list(scp.storage_folder.rglob("*.dcm")) == []
+
+
+def test_orthanc_moves_exactly_one_study_to_the_scp(
+    scp: StorageSCP, corpus: list[Instance], orthanc_factory
+) -> None:
+    pacs = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, scp.port)})
+    pacs.upload([i.path for i in corpus])
+    study = corpus[0].study_uid
+    run_dcmtk(
+        [
+            "movescu",
+            "-aet",
+            "NIFFLER",
+            "-aec",
+            "ORTHANC",
+            "-aem",
+            "NIFFLER",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            f"StudyInstanceUID={study}",
+            LOOPBACK,
+            str(pacs.dicom_port),
+        ]
+    )
+    got = {p.stem for p in scp.storage_folder.rglob("*.dcm")}
+    assert got == {i.sop_uid for i in corpus if i.study_uid == study}
+    assert len(got) == 4
+
+
+def test_orthanc_refuses_an_unknown_calling_ae(corpus: list[Instance], orthanc_factory) -> None:
+    pacs = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, 1)})
+    pacs.upload([corpus[0].path])
+    out = run_dcmtk(
+        [
+            "findscu",
+            "-aet",
+            "STRANGER",
+            "-aec",
+            "ORTHANC",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "StudyInstanceUID",
+            LOOPBACK,
+            str(pacs.dicom_port),
+        ],
+        check=False,
+    )
+    assert corpus[0].study_uid not in out.stdout + out.stderr
+    ok = run_dcmtk(
+        [
+            "findscu",
+            "-aet",
+            "NIFFLER",
+            "-aec",
+            "ORTHANC",
+            "-S",
+            "-k",
+            "QueryRetrieveLevel=STUDY",
+            "-k",
+            "StudyInstanceUID",
+            LOOPBACK,
+            str(pacs.dicom_port),
+        ],
+        check=False,
+    )
+    assert corpus[0].study_uid in ok.stdout + ok.stderr
