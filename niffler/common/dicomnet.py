@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import re
+import struct
 import threading
 import uuid
 import zlib
@@ -26,7 +27,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
@@ -39,11 +40,10 @@ from pynetdicom import (
 )
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
-from pynetdicom.dsutils import encode_file_meta
 from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from niffler.common.errors import AssociationError, ConfigError, TemplateError
+from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 
 __all__ = [
@@ -70,7 +70,10 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 #: dominates pynetdicom's receive path at the 16 KiB default (see bench/).
 DEFAULT_MAX_PDU = 4 * 1024 * 1024
 INCOMING_DIR = ".niffler-incoming"
+#: Bytes of a received dataset parsed first for the attributes Niffler needs.
+_HEADER_PREFIX = 64 * 1024
 
+_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
 _HANDOFF_TAGS = (
     Tag(0x00080005),  # SpecificCharacterSet, to decode names in templates
     Tag(0x00080016),  # SOPClassUID
@@ -198,22 +201,76 @@ class StoredInstance:
 
 
 def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[BaseTag]) -> Dataset:
-    """Return a dataset holding only *tags*, parsed from the encoded *raw* bytes."""
-    data: bytes | memoryview = raw
+    """Return a dataset holding only *tags*, parsed from the encoded *raw* bytes.
+
+    The wanted tags sit in the first few kilobytes of any real header, so a
+    prefix is parsed first (copying a whole image into a BytesIO was a
+    measurable share of the receive time); only if parsing runs off the end of
+    the prefix before passing the last wanted tag is the whole dataset read.
+    """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
-        data = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(raw), 1 << 20)
+        raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(raw), 1 << 20)
     last = max(tags)
+    passed_last = False
 
     def stop_when(tag: BaseTag, vr: str | None, length: int) -> bool:
-        return bool(tag > last)
+        nonlocal passed_last
+        passed_last = bool(tag > last)
+        return passed_last
 
-    return read_dataset(
-        BytesIO(data),
-        transfer_syntax.is_implicit_VR,
-        transfer_syntax.is_little_endian,
-        stop_when=stop_when,
-        specific_tags=list(tags),
+    def parse(data: bytes | memoryview) -> Dataset:
+        return read_dataset(
+            BytesIO(data),
+            transfer_syntax.is_implicit_VR,
+            transfer_syntax.is_little_endian,
+            stop_when=stop_when,
+            specific_tags=list(tags),
+        )
+
+    if len(raw) > _HEADER_PREFIX:
+        try:
+            header = parse(raw[:_HEADER_PREFIX])
+        except Exception:
+            header = None
+        if header is not None and passed_last:
+            return header
+    return parse(raw)
+
+
+def _element(tag: int, vr: bytes, value: bytes) -> bytes:
+    """Return one Explicit VR Little Endian element (PS3.5 7.1.2)."""
+    group, elem = tag >> 16, tag & 0xFFFF
+    if vr == b"OB":
+        return struct.pack("<HH2sHI", group, elem, vr, 0, len(value)) + value
+    return struct.pack("<HH2sH", group, elem, vr, len(value)) + value
+
+
+def _padded(text: str, pad: bytes) -> bytes:
+    data = text.encode("ascii")
+    return data + pad if len(data) % 2 else data
+
+
+def encode_part10_header(
+    sop_class_uid: str, sop_uid: str, transfer_syntax: str, source_aet: str = ""
+) -> bytes:
+    """Return the preamble, ``DICM`` prefix and File Meta Information of a Part 10 file.
+
+    Hand-encoded (PS3.10 7.1): it is a handful of fixed elements, and building
+    them through pydicom's Dataset machinery cost more than the disk write.
+    """
+    body = b"".join(
+        (
+            _element(0x00020001, b"OB", b"\x00\x01"),
+            _element(0x00020002, b"UI", _padded(sop_class_uid, b"\x00")),
+            _element(0x00020003, b"UI", _padded(sop_uid, b"\x00")),
+            _element(0x00020010, b"UI", _padded(transfer_syntax, b"\x00")),
+            _element(0x00020012, b"UI", _padded(PYNETDICOM_IMPLEMENTATION_UID, b"\x00")),
+            _element(0x00020013, b"SH", _padded(PYNETDICOM_IMPLEMENTATION_VERSION, b" ")),
+            _element(0x00020016, b"AE", _padded(source_aet, b" ")) if source_aet else b"",
+        )
     )
+    group_length = _element(0x00020000, b"UL", struct.pack("<I", len(body)))
+    return b"\x00" * 128 + b"DICM" + group_length + body
 
 
 class InstanceWriter:
@@ -248,25 +305,26 @@ class InstanceWriter:
     ) -> StoredInstance:
         """Return where the encoded dataset *raw* was stored.
 
-        Raises ValueError (and subclasses) when the header cannot be parsed,
-        TemplateError when the template cannot place it, OSError when the
-        disk write fails; a partial file is never left in place.
+        Raises InputError when the dataset cannot be parsed or lacks its
+        identifying UIDs, TemplateError (an InputError) when the template
+        cannot place it, OSError when the disk write fails; a partial file is
+        never left in place.
         """
         ts = UID(transfer_syntax)
-        header = _read_header(raw, ts, self._tags)
+        try:
+            header = _read_header(raw, ts, self._tags)
+            missing = [k for k in _REQUIRED_UIDS if not header.get(k)]
+        except Exception as exc:
+            raise InputError(f"received dataset cannot be parsed: {type(exc).__name__}") from exc
+        if missing:
+            # Every storage IOD requires them; without them the file cannot be
+            # placed or extracted, and the sender must learn it was not stored.
+            raise InputError(f"received dataset lacks {', '.join(missing)}")
         sop_uid = str(header.get("SOPInstanceUID", "") or sop_uid)
         sop_class_uid = str(header.get("SOPClassUID", "") or sop_class_uid)
         target = self.template.path_in(self.storage_folder, header)
 
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = UID(sop_class_uid)
-        meta.MediaStorageSOPInstanceUID = UID(sop_uid)
-        meta.TransferSyntaxUID = ts
-        meta.ImplementationClassUID = PYNETDICOM_IMPLEMENTATION_UID
-        meta.ImplementationVersionName = PYNETDICOM_IMPLEMENTATION_VERSION
-        if calling_aet:
-            meta.SourceApplicationEntityTitle = calling_aet
-        preamble = b"\x00" * 128 + b"DICM" + encode_file_meta(meta)
+        preamble = encode_part10_header(sop_class_uid, sop_uid, str(ts), calling_aet)
 
         tmp = self.incoming / f"{uuid.uuid4().hex}.part"
         try:
@@ -276,8 +334,13 @@ class InstanceWriter:
                 if self.fsync:
                     handle.flush()
                     os.fsync(handle.fileno())
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, target)
+            try:
+                os.replace(tmp, target)
+            except FileNotFoundError:
+                # First instance of a series (or its folder was purged): a
+                # mkdir per file was a measurable share of the receive time.
+                os.makedirs(target.parent, exist_ok=True)
+                os.replace(tmp, target)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
@@ -317,12 +380,12 @@ class InstanceWriter:
         except OSError as exc:
             log.error("cannot write a received instance from %s: %s", calling, exc.strerror or exc)
             return STATUS_OUT_OF_RESOURCES
-        except TemplateError as exc:
-            log.error("cannot place an instance from %s: %s", calling, exc)
+        except InputError as exc:
+            log.error("refused an instance from %s: %s", calling, exc)
             return STATUS_CANNOT_UNDERSTAND
-        except Exception as exc:  # a malformed dataset must not kill the association
-            log.error("cannot parse an instance from %s: %s", calling, type(exc).__name__)
-            return STATUS_CANNOT_UNDERSTAND
+        except Exception:  # whatever else, never raise across the network
+            log.exception("unexpected error storing an instance from %s", calling)
+            return STATUS_OUT_OF_RESOURCES
         if on_stored is not None:
             try:
                 on_stored(stored)
