@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -82,6 +83,20 @@ class Instance:
     series_uid: str
     sop_uid: str
     study_date: str
+    acquisition: datetime
+    scanner: Scanner
+
+
+class _Identity(TypedDict):
+    """The identifying attributes an instance is made with and listed by."""
+
+    patient_id: str
+    patient_name: str
+    birth_date: str
+    accession: str
+    study_uid: str
+    series_uid: str
+    sop_uid: str
     acquisition: datetime
     scanner: Scanner
 
@@ -210,20 +225,22 @@ def generate_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> list
                 series_uid = _uid(spec.seed, "series", p, s, r)
                 acquisition = study_time + timedelta(minutes=r * spec.series_spacing_minutes)
                 for i in range(spec.instances_per_series):
-                    sop_uid = _uid(spec.seed, "sop", p, s, r, i)
+                    ids: _Identity = {
+                        "patient_id": patient_id,
+                        "patient_name": patient_name,
+                        "birth_date": birth_date,
+                        "accession": accession,
+                        "study_uid": study_uid,
+                        "series_uid": series_uid,
+                        "sop_uid": _uid(spec.seed, "sop", p, s, r, i),
+                        "acquisition": acquisition + timedelta(seconds=i),
+                        "scanner": scanner,
+                    }
                     ds = make_instance(
-                        patient_id=patient_id,
-                        patient_name=patient_name,
-                        birth_date=birth_date,
-                        accession=accession,
-                        study_uid=study_uid,
-                        series_uid=series_uid,
-                        sop_uid=sop_uid,
+                        **ids,
                         study_time=study_time,
-                        acquisition=acquisition + timedelta(seconds=i),
                         series_number=r + 1,
                         instance_number=i + 1,
-                        scanner=scanner,
                         rows=spec.rows,
                         columns=spec.columns,
                         bits_allocated=spec.bits_allocated,
@@ -231,19 +248,5 @@ def generate_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> list
                     )
                     path = out / f"p{p:03d}_s{s:02d}_r{r:02d}_i{i:04d}.dcm"
                     ds.save_as(path, enforce_file_format=True)
-                    manifest.append(
-                        Instance(
-                            path=path,
-                            patient_id=patient_id,
-                            patient_name=patient_name,
-                            birth_date=birth_date,
-                            accession=accession,
-                            study_uid=study_uid,
-                            series_uid=series_uid,
-                            sop_uid=sop_uid,
-                            study_date=study_time.strftime("%Y%m%d"),
-                            acquisition=acquisition + timedelta(seconds=i),
-                            scanner=scanner,
-                        )
-                    )
+                    manifest.append(Instance(path=path, study_date=study_time.strftime("%Y%m%d"), **ids))
     return manifest

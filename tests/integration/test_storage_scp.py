@@ -191,42 +191,15 @@ def test_orthanc_moves_exactly_one_study_to_the_scp(
     assert len(got) == 4
 
 
+def find_studies_as(calling_aet: str, port: int) -> str:
+    """Return what DCMTK findscu printed for a STUDY-level query as *calling_aet*."""
+    args = ["findscu", "-aet", calling_aet, "-aec", "ORTHANC", "-S", "-k", "QueryRetrieveLevel=STUDY"]
+    out = run_dcmtk([*args, "-k", "StudyInstanceUID", LOOPBACK, str(port)], check=False)
+    return out.stdout + out.stderr
+
+
 def test_orthanc_refuses_an_unknown_calling_ae(corpus: list[Instance], orthanc_factory) -> None:
     pacs = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, 1)})
     pacs.upload([corpus[0].path])
-    out = run_dcmtk(
-        [
-            "findscu",
-            "-aet",
-            "STRANGER",
-            "-aec",
-            "ORTHANC",
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "StudyInstanceUID",
-            LOOPBACK,
-            str(pacs.dicom_port),
-        ],
-        check=False,
-    )
-    assert corpus[0].study_uid not in out.stdout + out.stderr
-    ok = run_dcmtk(
-        [
-            "findscu",
-            "-aet",
-            "NIFFLER",
-            "-aec",
-            "ORTHANC",
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            "StudyInstanceUID",
-            LOOPBACK,
-            str(pacs.dicom_port),
-        ],
-        check=False,
-    )
-    assert corpus[0].study_uid in ok.stdout + ok.stderr
+    assert corpus[0].study_uid not in find_studies_as("STRANGER", pacs.dicom_port)
+    assert corpus[0].study_uid in find_studies_as("NIFFLER", pacs.dicom_port)

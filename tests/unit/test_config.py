@@ -171,3 +171,10 @@ def test_effective_config_masks_secrets(tmp_path: Path, caplog: pytest.LogCaptur
     with caplog.at_level(logging.INFO):
         log_config(cfg)
     assert "hunter2" not in caplog.text and "Password" in caplog.text
+
+
+def test_shipped_cold_config_loads_and_names_every_key() -> None:
+    shipped = Path(__file__).parents[2] / "configs" / "cold_extraction.json"
+    cfg = load_config(ColdConfig, [shipped])
+    assert cfg.SrcAet == "ORTHANC@127.0.0.1:4242" and cfg.QueryAet == "NIFFLER:4243"
+    assert set(json.loads(shipped.read_text())) == set(describe_config(cfg))
