@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TypedDict
 
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
@@ -87,97 +86,75 @@ class Instance:
     scanner: Scanner
 
 
-class _Identity(TypedDict):
-    """The identifying attributes an instance is made with and listed by."""
-
-    patient_id: str
-    patient_name: str
-    birth_date: str
-    accession: str
-    study_uid: str
-    series_uid: str
-    sop_uid: str
-    acquisition: datetime
-    scanner: Scanner
-
-
 def _uid(seed: int, *parts: object) -> str:
     return str(generate_uid(entropy_srcs=[str(seed), *map(str, parts)]))
 
 
 def make_instance(
+    instance: Instance,
     *,
-    patient_id: str,
-    patient_name: str,
-    birth_date: str,
-    accession: str,
-    study_uid: str,
-    series_uid: str,
-    sop_uid: str,
     study_time: datetime,
-    acquisition: datetime,
     series_number: int,
     instance_number: int,
-    scanner: Scanner,
     rows: int = 16,
     columns: int = 16,
     bits_allocated: int = 16,
     pixel_seed: int = 0,
 ) -> Dataset:
-    """Return a complete, writable dataset with realistic PHI-bearing headers."""
-    sop_class = _SOP_CLASS.get(scanner.modality, SecondaryCaptureImageStorage)
+    """Return a complete, writable dataset for *instance* with realistic PHI-bearing headers."""
+    sop_class = _SOP_CLASS.get(instance.scanner.modality, SecondaryCaptureImageStorage)
     ds = Dataset()
     ds.file_meta = FileMetaDataset()
     ds.file_meta.MediaStorageSOPClassUID = sop_class
-    ds.file_meta.MediaStorageSOPInstanceUID = UID(sop_uid)
+    ds.file_meta.MediaStorageSOPInstanceUID = UID(instance.sop_uid)
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SpecificCharacterSet = "ISO_IR 100"
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.SOPClassUID = sop_class
-    ds.SOPInstanceUID = sop_uid
+    ds.SOPInstanceUID = instance.sop_uid
     ds.StudyDate = study_time.strftime("%Y%m%d")
     ds.StudyTime = study_time.strftime("%H%M%S")
-    ds.SeriesDate = acquisition.strftime("%Y%m%d")
-    ds.SeriesTime = acquisition.strftime("%H%M%S")
-    ds.AcquisitionDate = acquisition.strftime("%Y%m%d")
-    ds.AcquisitionTime = acquisition.strftime("%H%M%S.%f")[:13]
+    ds.SeriesDate = instance.acquisition.strftime("%Y%m%d")
+    ds.SeriesTime = instance.acquisition.strftime("%H%M%S")
+    ds.AcquisitionDate = instance.acquisition.strftime("%Y%m%d")
+    ds.AcquisitionTime = instance.acquisition.strftime("%H%M%S.%f")[:13]
     ds.ContentDate = ds.AcquisitionDate
     ds.ContentTime = ds.AcquisitionTime
-    ds.AccessionNumber = accession
-    ds.Modality = scanner.modality
-    ds.Manufacturer = scanner.manufacturer
-    ds.InstitutionName = scanner.institution
+    ds.AccessionNumber = instance.accession
+    ds.Modality = instance.scanner.modality
+    ds.Manufacturer = instance.scanner.manufacturer
+    ds.InstitutionName = instance.scanner.institution
     ds.InstitutionAddress = "1 Hospital Road, Springfield"
     ds.ReferringPhysicianName = "REFERRER^ROBERT"
-    ds.StationName = scanner.station
-    ds.StudyDescription = f"{scanner.modality} CHEST"
+    ds.StationName = instance.scanner.station
+    ds.StudyDescription = f"{instance.scanner.modality} CHEST"
     ds.SeriesDescription = f"SERIES {series_number}"
     ds.OperatorsName = "TECH^TINA"
-    ds.ManufacturerModelName = scanner.model
-    ds.PatientName = patient_name
-    ds.PatientID = patient_id
-    ds.PatientBirthDate = birth_date
-    ds.PatientSex = "F" if int(patient_id[-1:] or 0) % 2 else "M"
+    ds.ManufacturerModelName = instance.scanner.model
+    ds.PatientName = instance.patient_name
+    ds.PatientID = instance.patient_id
+    ds.PatientBirthDate = instance.birth_date
+    ds.PatientSex = "F" if int(instance.patient_id[-1:] or 0) % 2 else "M"
     ds.PatientAge = "045Y"
-    ds.OtherPatientIDs = f"MRN{patient_id}"
+    ds.OtherPatientIDs = f"MRN{instance.patient_id}"
     ds.PatientAddress = "42 Elm Street, Springfield"
     ds.PatientTelephoneNumbers = "555-0100"
-    ds.AdditionalPatientHistory = f"History note for {patient_name}"
-    ds.DeviceSerialNumber = scanner.serial
+    ds.AdditionalPatientHistory = f"History note for {instance.patient_name}"
+    ds.DeviceSerialNumber = instance.scanner.serial
     ds.BodyPartExamined = "CHEST"
     ds.SliceThickness = "1.25"
     ds.ProtocolName = "ROUTINE CHEST"
-    ds.StudyInstanceUID = study_uid
-    ds.SeriesInstanceUID = series_uid
-    ds.StudyID = accession[-6:]
+    ds.StudyInstanceUID = instance.study_uid
+    ds.SeriesInstanceUID = instance.series_uid
+    ds.StudyID = instance.accession[-6:]
     ds.SeriesNumber = series_number
     ds.InstanceNumber = instance_number
-    ds.FrameOfReferenceUID = _uid(pixel_seed, "frame", series_uid)
+    ds.FrameOfReferenceUID = _uid(pixel_seed, "frame", instance.series_uid)
     ds.RequestAttributesSequence = DicomSequence([Dataset()])
-    ds.RequestAttributesSequence[0].AccessionNumber = accession
-    ds.RequestAttributesSequence[0].RequestedProcedureID = f"RP{accession}"
+    ds.RequestAttributesSequence[0].AccessionNumber = instance.accession
+    ds.RequestAttributesSequence[0].RequestedProcedureID = f"RP{instance.accession}"
     ds.add_new(0x00091010, "LO", "ACME private creator")
-    ds.add_new(0x00091011, "LO", f"private {patient_id}")
+    ds.add_new(0x00091011, "LO", f"private {instance.patient_id}")
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
     ds.Rows = rows
@@ -225,19 +202,21 @@ def generate_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> list
                 series_uid = _uid(spec.seed, "series", p, s, r)
                 acquisition = study_time + timedelta(minutes=r * spec.series_spacing_minutes)
                 for i in range(spec.instances_per_series):
-                    ids: _Identity = {
-                        "patient_id": patient_id,
-                        "patient_name": patient_name,
-                        "birth_date": birth_date,
-                        "accession": accession,
-                        "study_uid": study_uid,
-                        "series_uid": series_uid,
-                        "sop_uid": _uid(spec.seed, "sop", p, s, r, i),
-                        "acquisition": acquisition + timedelta(seconds=i),
-                        "scanner": scanner,
-                    }
+                    instance = Instance(
+                        path=out / f"p{p:03d}_s{s:02d}_r{r:02d}_i{i:04d}.dcm",
+                        patient_id=patient_id,
+                        patient_name=patient_name,
+                        birth_date=birth_date,
+                        accession=accession,
+                        study_uid=study_uid,
+                        series_uid=series_uid,
+                        sop_uid=_uid(spec.seed, "sop", p, s, r, i),
+                        study_date=study_time.strftime("%Y%m%d"),
+                        acquisition=acquisition + timedelta(seconds=i),
+                        scanner=scanner,
+                    )
                     ds = make_instance(
-                        **ids,
+                        instance,
                         study_time=study_time,
                         series_number=r + 1,
                         instance_number=i + 1,
@@ -246,7 +225,6 @@ def generate_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> list
                         bits_allocated=spec.bits_allocated,
                         pixel_seed=hash((spec.seed, p, s, r, i)) & 0xFFFF,
                     )
-                    path = out / f"p{p:03d}_s{s:02d}_r{r:02d}_i{i:04d}.dcm"
-                    ds.save_as(path, enforce_file_format=True)
-                    manifest.append(Instance(path=path, study_date=study_time.strftime("%Y%m%d"), **ids))
+                    ds.save_as(instance.path, enforce_file_format=True)
+                    manifest.append(instance)
     return manifest

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from niffler.common.dicomnet import StorageSCP
 from niffler.testing.corpus import CorpusSpec, generate_corpus
-from niffler.testing.peers import OrthancPACS, free_port, run_dcmtk
+from niffler.testing.peers import OrthancPACS, free_port
 
 log = logging.getLogger(__name__)
 
@@ -39,24 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         pacs.upload([i.path for i in corpus])
         log.info("local PACS (Orthanc) on 127.0.0.1:%d holds %d instances", pacs.dicom_port, len(corpus))
         for study in sorted({i.study_uid for i in corpus}):
-            run_dcmtk(
-                [
-                    "movescu",
-                    "-aet",
-                    "NIFFLER",
-                    "-aec",
-                    pacs.aet,
-                    "-aem",
-                    scp.ae_title,
-                    "-S",
-                    "-k",
-                    "QueryRetrieveLevel=STUDY",
-                    "-k",
-                    f"StudyInstanceUID={study}",
-                    "127.0.0.1",
-                    str(pacs.dicom_port),
-                ]
-            )
+            pacs.movescu_study(study, calling_aet="NIFFLER", destination_aet=scp.ae_title)
     stored = sorted(received.rglob("*.dcm"))
     print(f"retrieved {len(stored)} of {len(corpus)} instances into {received}")
     for path in stored[:3]:

@@ -164,6 +164,25 @@ class OrthancPACS:
             if answer.get("Status") not in ("Success", "AlreadyStored"):
                 raise RuntimeError(f"Orthanc refused {path}: {answer}")
 
+    def movescu_study(self, study_uid: str, calling_aet: str, destination_aet: str) -> None:
+        """Ask the PACS, through DCMTK movescu, to C-MOVE one study to *destination_aet*."""
+        query = ["-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={study_uid}"]
+        run_dcmtk(
+            [
+                "movescu",
+                "-aet",
+                calling_aet,
+                "-aec",
+                self.aet,
+                "-aem",
+                destination_aet,
+                "-S",
+                *query,
+                LOOPBACK,
+                str(self.dicom_port),
+            ]
+        )
+
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None

@@ -168,24 +168,7 @@ def test_orthanc_moves_exactly_one_study_to_the_scp(
     pacs = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, scp.port)})
     pacs.upload([i.path for i in corpus])
     study = corpus[0].study_uid
-    run_dcmtk(
-        [
-            "movescu",
-            "-aet",
-            "NIFFLER",
-            "-aec",
-            "ORTHANC",
-            "-aem",
-            "NIFFLER",
-            "-S",
-            "-k",
-            "QueryRetrieveLevel=STUDY",
-            "-k",
-            f"StudyInstanceUID={study}",
-            LOOPBACK,
-            str(pacs.dicom_port),
-        ]
-    )
+    pacs.movescu_study(study, calling_aet="NIFFLER", destination_aet="NIFFLER")
     got = {p.stem for p in scp.storage_folder.rglob("*.dcm")}
     assert got == {i.sop_uid for i in corpus if i.study_uid == study}
     assert len(got) == 4
