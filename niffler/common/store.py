@@ -29,7 +29,7 @@ from pymongo.errors import ConfigurationError, PyMongoError
 
 from niffler.common.errors import ConfigError, EmbeddedStoreMissing, StoreUnavailable
 
-__all__ = ["DEFAULT_DATABASE", "Store", "mask_uri", "open_store", "resolve_uri"]
+__all__ = ["DEFAULT_DATABASE", "Store", "attach_store", "mask_uri", "open_store", "resolve_uri"]
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,23 @@ def open_store(
     if data_dir is None:
         raise ConfigError("no MongoURI is set and no folder was given for the embedded store")
     return _open_embedded(Path(data_dir), database, timeout_ms)
+
+
+def attach_store(
+    uri: str | None, *, database: str = DEFAULT_DATABASE, data_dir: Path, timeout_ms: int = 2000
+) -> Store | None:
+    """Return a client of the store a running service uses, or None if its embedded store is down.
+
+    Never starts an embedded server: for status commands and readers that
+    must not hold the store's folder.
+    """
+    if uri:
+        return open_store(uri, database=database, timeout_ms=timeout_ms, require_ping=False)
+    running = _running_address(data_dir / ADDRESS_FILE)
+    if running is None:
+        return None
+    client, db = _connect(running, database, timeout_ms)
+    return Store(client=client, db=db, uri=running, embedded=True)
 
 
 def _open_embedded(data_dir: Path, database: str, timeout_ms: int) -> Store:

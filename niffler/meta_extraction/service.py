@@ -1,0 +1,443 @@
+"""The niffler-meta daemon: receive, index, extract, upsert, purge.
+
+Threads: pynetdicom's association threads store files and put an
+:class:`Arrival` on a queue (nothing else runs on the network thread); one
+worker thread owns the SQLite index and the store, recording arrivals,
+extracting pending instances in batches and running the purge when asked;
+the caller's thread runs :meth:`MetaService.run`, the ``schedule`` loop.
+
+Durability: a file is recorded in the index when the worker drains the
+queue; a file that was stored but not recorded (the process died first) is
+found by the start-up scan. A row leaves ``received`` only after the store
+acknowledged (journaled) its documents. While the store is down the worker
+keeps recording arrivals and retries with backoff; the purge never touches
+an instance that is not extracted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import schedule
+from pymongo import UpdateMany, UpdateOne
+from pymongo.errors import PyMongoError
+
+from niffler import __version__
+from niffler.common.deid import Policy, load_secret
+from niffler.common.dicomnet import STATUS_OUT_OF_RESOURCES, AEAddress, StorageSCP, StoredInstance
+from niffler.common.errors import DeidError, InputError
+from niffler.common.store import Store, mask_uri, open_store, resolve_uri
+from niffler.meta_extraction.config import MetaConfig
+from niffler.meta_extraction.extract import (
+    Featureset,
+    build_documents,
+    load_featuresets,
+    read_header,
+    report_removed,
+)
+from niffler.meta_extraction.index import InstanceIndex, Pending
+from niffler.meta_extraction.purge import PurgeResult, purge
+
+__all__ = ["INDEX_FILE", "Arrival", "MetaService", "disk_usage_percent", "open_service", "read_status"]
+
+log = logging.getLogger(__name__)
+
+INDEX_FILE = "meta-index.sqlite"
+_DRAIN_MAX = 2000
+_BACKOFF_MAX = 30.0
+
+
+@dataclass(frozen=True)
+class Arrival:
+    """A stored file handed from the SCP to the worker."""
+
+    path: Path
+    series_uid: str
+    sop_uid: str
+    received_at: float
+
+
+def disk_usage_percent(folder: Path) -> float:
+    usage = shutil.disk_usage(folder)
+    return 100.0 * usage.used / usage.total if usage.total else 0.0
+
+
+def _utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, tz=timezone.utc)
+
+
+class MetaService:
+    """One receiver: Storage SCP + extraction worker + scheduled jobs."""
+
+    def __init__(
+        self,
+        config: MetaConfig,
+        *,
+        store: Store,
+        policy: Policy,
+        featuresets: list[Featureset],
+        clock: Callable[[], float] = time.time,
+        disk_percent: Callable[[Path], float] = disk_usage_percent,
+        owns_store: bool = False,
+    ) -> None:
+        self.config = config
+        self._owns_store = owns_store
+        self.store = store
+        self.policy = policy
+        self.featuresets = featuresets
+        self.clock = clock
+        self._disk_percent = disk_percent
+        self.storage_folder = config.StorageFolder.absolute()
+        self.index_path = config.StateFolder / INDEX_FILE
+        address = AEAddress.parse(config.QueryAet, "QueryAet")
+        self.scp = StorageSCP(
+            self.storage_folder,
+            ae_title=address.title,
+            port=address.port,
+            host=config.BindAddress,
+            file_path=config.FilePath,
+            on_stored=self._on_stored,
+            allowed_calling_aets=config.AllowedCallingAets or None,
+            admit=self._admit,
+            maximum_associations=config.MaxAssociations,
+        )
+        self._queue: queue.Queue[Arrival] = queue.Queue()
+        self._stop = threading.Event()
+        self._purge_asked = threading.Event()
+        self._purge_done = threading.Event()
+        self._idle = threading.Event()
+        self._worker: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._received = 0
+        self._disk_checked = (0.0, 0.0)  # (monotonic time, percent)
+        self._refusing = False
+        self.last_purge: PurgeResult | None = None
+        self.store_ok = True
+        self._indexes_ready = False
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> MetaService:
+        """Start the worker (which first scans for unrecorded files) and the SCP."""
+        self.storage_folder.mkdir(parents=True, exist_ok=True)
+        self.config.StateFolder.mkdir(parents=True, exist_ok=True)
+        self._stop.clear()
+        self._worker = threading.Thread(target=self._run_worker, name="niffler-meta-worker", daemon=True)
+        self._worker.start()
+        self.scp.start()
+        log.info(
+            "niffler-meta %s pid %d: AE %s on %s:%d, storage %s, store %s (%s), granularity %s",
+            __version__, os.getpid(), self.scp.ae_title, self.config.BindAddress, self.scp.port,
+            self.storage_folder, mask_uri(self.store.uri), self.store.db.name,
+            self.config.ExtractionGranularity,
+        )  # fmt: skip
+        log.info("de-identification: %s", self.policy.describe())
+        return self
+
+    def stop(self, grace: float = 30.0) -> None:
+        """Stop receiving, record what arrived, extract what the store takes within *grace* s."""
+        self.scp.stop()
+        self._stop.set()
+        if self._worker is not None:
+            self._worker.join(grace)
+            if self._worker.is_alive():
+                log.warning(
+                    "extraction did not finish within %.0f s; the rest waits for the next start", grace
+                )
+            self._worker = None
+        if self._owns_store:
+            self.store.close()
+        log.info("niffler-meta stopped")
+
+    def run(self, stop: threading.Event) -> None:
+        """Run the scheduled jobs until *stop* is set (the caller's signal handlers set it)."""
+        scheduler = schedule.Scheduler()
+        scheduler.every().day.at(self.config.PurgeTime).do(self.request_purge)
+        scheduler.every().hour.do(self.log_disk_usage)
+        self.log_disk_usage()
+        while not stop.wait(1.0):
+            scheduler.run_pending()
+            if self._worker is not None and not self._worker.is_alive():
+                log.error("the extraction worker died; stopping so a supervisor can restart")
+                break
+
+    @property
+    def port(self) -> int:
+        return self.scp.port
+
+    # --- network thread -----------------------------------------------------------------------
+
+    def _on_stored(self, stored: StoredInstance) -> None:
+        self._queue.put(Arrival(stored.path, stored.series_uid, stored.sop_uid, self.clock()))
+        with self._lock:
+            self._received += 1
+
+    def _admit(self) -> int:
+        now = time.monotonic()
+        checked_at, percent = self._disk_checked
+        if now - checked_at > 1.0:
+            percent = self._disk_percent(self.storage_folder)
+            self._disk_checked = (now, percent)
+        over = percent >= self.config.DiskWatermarkPercent
+        if over != self._refusing:
+            self._refusing = over
+            if over:
+                log.error(
+                    "disk %.1f%% full (watermark %.0f%%): refusing new images with 0xA700 until it drops",
+                    percent, self.config.DiskWatermarkPercent,
+                )  # fmt: skip
+            else:
+                log.warning("disk %.1f%% full: accepting images again", percent)
+        return STATUS_OUT_OF_RESOURCES if over else 0
+
+    # --- jobs ----------------------------------------------------------------------------------
+
+    def request_purge(self) -> None:
+        self._purge_done.clear()
+        self._purge_asked.set()
+
+    def purge_now(self, timeout: float = 60.0) -> PurgeResult | None:
+        """Ask the worker to purge now and wait for it; return the result (None on timeout)."""
+        self.request_purge()
+        return self.last_purge if self._purge_done.wait(timeout) else None
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until the queue is empty and nothing waits for extraction (for tests and benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self._idle.clear()
+            if self._idle.wait(min(0.5, max(0.0, deadline - time.monotonic()))) and self._queue.empty():
+                return True
+        return False
+
+    def log_disk_usage(self) -> None:
+        usage = shutil.disk_usage(self.storage_folder)
+        log.info(
+            "disk: %.1f%% used, %.1f GB free in %s",
+            100.0 * usage.used / usage.total, usage.free / 1e9, self.storage_folder,
+        )  # fmt: skip
+
+    # --- worker thread ------------------------------------------------------------------------
+
+    def _run_worker(self) -> None:
+        index = InstanceIndex(self.index_path)
+        try:
+            self._recover(index)
+            next_try, backoff = 0.0, 0.0
+            while True:
+                stopping = self._stop.is_set()
+                self._record(index, self._drain(0.0 if stopping else 0.1))
+                if self._purge_asked.is_set():
+                    self._purge_asked.clear()
+                    self.last_purge = purge(
+                        index, self.storage_folder, self.clock() - 60.0 * self.config.QuietPeriodMinutes
+                    )
+                    self._purge_done.set()
+                if time.monotonic() >= next_try:
+                    try:
+                        busy = self._extract_pending(index)
+                    except PyMongoError as exc:
+                        backoff = min(_BACKOFF_MAX, max(1.0, backoff * 2))
+                        next_try = time.monotonic() + backoff
+                        if self.store_ok:
+                            log.error(
+                                "metadata store unavailable (%s): files wait on disk, retrying",
+                                type(exc).__name__,
+                            )
+                        self.store_ok = False
+                        busy = False
+                    else:
+                        if not self.store_ok:
+                            log.warning("metadata store is back: extraction resumed")
+                        self.store_ok, backoff = True, 0.0
+                    if not busy and self._queue.empty():
+                        self._idle.set()
+                if stopping and self._queue.empty():
+                    break
+        except Exception:
+            log.exception("the extraction worker failed")
+            raise
+        finally:
+            index.close()
+
+    def _drain(self, wait: float) -> list[Arrival]:
+        items: list[Arrival] = []
+        try:
+            items.append(self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait())
+            while len(items) < _DRAIN_MAX:
+                items.append(self._queue.get_nowait())
+        except queue.Empty:
+            pass
+        return items
+
+    def _record(self, index: InstanceIndex, arrivals: list[Arrival]) -> None:
+        uid = self.policy.pseudonymizer.uid
+        rows = []
+        for a in arrivals:
+            try:
+                relative = a.path.relative_to(self.storage_folder).as_posix()
+                mtime_ns = a.path.stat().st_mtime_ns
+            except (ValueError, OSError):
+                log.error("ignoring %s: outside the storage folder or gone", a.path.name)
+                continue
+            rows.append((uid(a.sop_uid), uid(a.series_uid), relative, a.received_at, mtime_ns))
+        index.record(rows)
+
+    def _recover(self, index: InstanceIndex) -> None:
+        """Record files that are on disk but not in the index (stored just before a crash)."""
+        known = index.known_paths()
+        found: list[Arrival] = []
+        for root, dirs, files in os.walk(self.storage_folder):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for name in files:
+                path = Path(root) / name
+                if path.relative_to(self.storage_folder).as_posix() in known or name.startswith("."):
+                    continue
+                try:
+                    ds = read_header(path)
+                    found.append(Arrival(path, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
+                                         path.stat().st_mtime))  # fmt: skip
+                except (InputError, AttributeError, OSError):
+                    log.warning("start-up scan: %s is not a readable DICOM file; left alone", path.name)
+        self._record(index, found)
+        pending = index.counts()["received"]
+        log.info("start-up: %d unrecorded files found, %d instances wait for extraction", len(found), pending)
+
+    def _extract_pending(self, index: InstanceIndex) -> bool:
+        """Extract one batch; return True if there was work."""
+        rows = index.pending(self.config.ExtractionBatch)
+        if not rows:
+            return False
+        if not self._indexes_ready:
+            for fs in self.featuresets:
+                self.store.db[fs.name].create_index("series_key")
+            self._indexes_ready = True
+        self._extract_batch(index, rows)
+        return True
+
+    def _extract_batch(self, index: InstanceIndex, rows: list[Pending]) -> None:
+        per_instance = self.config.ExtractionGranularity == "instance"
+        by_series: dict[str, list[Pending]] = {}
+        for row in rows:
+            by_series.setdefault(row.series_key, []).append(row)
+        writes: dict[str, list[Any]] = {fs.name: [] for fs in self.featuresets}
+        failed: dict[str, str] = {}
+        documented: list[str] = []
+        for series_key, items in by_series.items():
+            if not per_instance and index.is_documented(series_key):
+                continue
+            for item in items:
+                try:
+                    documents = build_documents(
+                        read_header(self.storage_folder / item.path), self.featuresets, self.policy
+                    )
+                except (InputError, DeidError) as exc:
+                    failed[item.sop_key] = str(exc)
+                    log.error("extraction failed: %s", exc)
+                    continue
+                doc_id = item.sop_key if per_instance else series_key
+                for name, fields in documents.items():
+                    fields["series_key"] = series_key
+                    fields["deidentification"] = self.policy.describe()
+                    writes[name].append(UpdateOne({"_id": doc_id}, {"$set": fields}, upsert=True))
+                if not per_instance:
+                    documented.append(series_key)
+                    break
+        stats = index.series_stats(by_series)
+        for key, s in stats.items():
+            for name in writes:
+                writes[name].append(
+                    UpdateMany(
+                        {"series_key": key},
+                        {
+                            "$max": {
+                                "instance_count": s.instances,
+                                "received_at.last": _utc(s.last_received),
+                            },
+                            "$min": {"received_at.first": _utc(s.first_received)},
+                        },
+                    )
+                )
+        for name, ops in writes.items():
+            if ops:
+                self.store.db[name].bulk_write(ops, ordered=True)
+        index.set_documented(documented)
+        for key, error in failed.items():
+            index.mark([key], "failed", error)
+        index.mark([r.sop_key for r in rows if r.sop_key not in failed], "extracted")
+
+    @property
+    def received(self) -> int:
+        """Instances stored since this process started."""
+        with self._lock:
+            return self._received
+
+
+def open_service(
+    config: MetaConfig,
+    *,
+    clock: Callable[[], float] = time.time,
+    disk_percent: Callable[[Path], float] = disk_usage_percent,
+) -> MetaService:
+    """Build the receiver a config describes: secret, policy, featuresets and store (not started)."""
+    policy = Policy(config, load_secret(config.DeidKeyFile or None, config.StateFolder))
+    featuresets = load_featuresets(config.FeaturesetFolder)
+    report_removed(featuresets, policy)
+    store = open_store(
+        resolve_uri(config.MongoURI or None),
+        database=config.DatabaseName,
+        data_dir=config.StateFolder / "store",
+        require_ping=False,
+    )
+    return MetaService(
+        config,
+        store=store,
+        policy=policy,
+        featuresets=featuresets,
+        clock=clock,
+        disk_percent=disk_percent,
+        owns_store=True,
+    )
+
+
+def read_status(config: MetaConfig, store: Store | None) -> dict[str, Any]:
+    """Return the receiver's figures from its index, the disk and the store (for ``status``)."""
+    path = config.StateFolder / INDEX_FILE
+    out: dict[str, Any] = {"index": str(path)}
+    if path.exists():
+        index = InstanceIndex(path, readonly=True)
+        try:
+            counts = index.counts()
+        finally:
+            index.close()
+        out.update(
+            instances_received=sum(counts[s] for s in ("received", "extracted", "failed", "purged")),
+            waiting_for_extraction=counts["received"],
+            instances_extracted=counts["extracted"] + counts["purged"],
+            instances_failed=counts["failed"],
+            instances_purged=counts["purged"],
+            series_seen=counts["series"],
+            series_extracted=counts["series_documented"],
+        )
+    else:
+        out["index"] += " (missing: the receiver has not run here)"
+    folder = config.StorageFolder
+    if folder.exists():
+        out["disk_used_percent"] = round(disk_usage_percent(folder), 1)
+        out["disk_free_gb"] = round(shutil.disk_usage(folder).free / 1e9, 1)
+    out["store"] = (
+        "not running (embedded store of a stopped receiver)"
+        if store is None
+        else (f"{mask_uri(store.uri)} " + ("reachable" if store.ping() else "UNREACHABLE"))
+    )
+    return out

@@ -1,0 +1,332 @@
+"""niffler-meta against real DCMTK senders and a real MongoDB-wire server (SecantusDB)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pymongo import MongoClient
+
+from niffler.common.config import load_config
+from niffler.common.deid import KEY_ENV, Pseudonymizer, phi_check
+from niffler.meta_extraction.config import MetaConfig
+from niffler.meta_extraction.service import MetaService, open_service
+from niffler.testing.corpus import CorpusSpec, Instance, Scanner, generate_corpus
+from niffler.testing.peers import SecantusServer, free_port, run_dcmtk, wait_for_port
+
+LOOPBACK = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[2]
+FEATURESETS = REPO / "configs" / "featuresets"
+SECRET = "integration-test-secret-0123456789"
+COMPRESSED = [
+    "MR_small_jp2klossless.dcm",
+    "MR_small_RLE.dcm",
+    "MR_small_jpeg_ls_lossless.dcm",
+    "JPGExtended.dcm",
+]
+SCANNERS = (Scanner(), Scanner(serial="SN0002", station="MR01", modality="MR", model="Magnet 3T"))
+
+
+@pytest.fixture(autouse=True)
+def _secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, SECRET)
+
+
+def write_config(tmp_path: Path, mongo_uri: str, database: str, **extra: Any) -> Path:
+    config = {
+        "QueryAet": f"NIFFLER:{free_port()}",
+        "BindAddress": LOOPBACK,
+        "StorageFolder": str(tmp_path / "data"),
+        "StateFolder": str(tmp_path / "state"),
+        "FeaturesetFolder": str(FEATURESETS),
+        "MongoURI": mongo_uri,
+        "DatabaseName": database,
+        **extra,
+    }
+    path = tmp_path / "meta.json"
+    path.write_text(json.dumps(config))
+    return path
+
+
+@pytest.fixture
+def meta_factory(
+    tmp_path: Path, secantus: SecantusServer, mongo_db_name: str
+) -> Iterator[Callable[..., MetaService]]:
+    started: list[MetaService] = []
+
+    def start(uri: str | None = None, clock: Callable[[], float] = time.time, **extra: Any) -> MetaService:
+        service_kwargs = extra.pop("service_kwargs", {})
+        config = load_config(
+            MetaConfig, [write_config(tmp_path, uri or secantus.uri, mongo_db_name, **extra)]
+        )
+        service = open_service(config, clock=clock, **service_kwargs).start()
+        started.append(service)
+        return service
+
+    yield start
+    for service in started:
+        service.stop(grace=10)
+
+
+def storescu(
+    port: int, *paths: Path, check: bool = True, aet: str = "MODALITY"
+) -> subprocess.CompletedProcess[str]:
+    args = [
+        "storescu",
+        "-v",
+        "-aet",
+        aet,
+        "-aec",
+        "NIFFLER",
+        "+sd",
+        "+r",
+        LOOPBACK,
+        str(port),
+        *map(str, paths),
+    ]
+    return run_dcmtk(args, check=check)
+
+
+def database(secantus: SecantusServer, name: str) -> Any:
+    return MongoClient(secantus.uri, tz_aware=True)[name]
+
+
+def expected_series(instances: list[Instance]) -> Counter[str]:
+    return Counter(i.series_uid for i in instances)
+
+
+def test_stream_becomes_one_phi_free_document_per_series_and_featureset(
+    meta_factory: Callable[..., MetaService], secantus: SecantusServer, mongo_db_name: str, tmp_path: Path
+) -> None:
+    corpus = generate_corpus(tmp_path / "corpus", CorpusSpec(patients=3, scanners=SCANNERS))
+    compressed = [Path(str(get_testdata_file(name))) for name in COMPRESSED]
+    service = meta_factory()
+    storescu(service.port, tmp_path / "corpus")
+    run_dcmtk(["dcmsend", "-aec", "NIFFLER", LOOPBACK, str(service.port), *map(str, compressed)])
+    assert service.wait_idle(60)
+
+    db = database(secantus, mongo_db_name)
+    pseudo = Pseudonymizer(SECRET.encode())
+    series = expected_series(corpus)
+    # pydicom's MR_small variants are one SOP instance in several encodings: counted once.
+    extra = {(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in map(pydicom.dcmread, compressed)}
+    series.update(uid for uid, _ in extra)
+    assert sorted(db.list_collection_names()) == ["featureset", "featureset1"]
+    for name in ("featureset", "featureset1"):
+        docs = {d["_id"]: d for d in db[name].find()}
+        assert set(docs) == {pseudo.uid(uid) for uid in series}, name
+        for uid, count in series.items():
+            doc = docs[pseudo.uid(uid)]
+            assert doc["instance_count"] == count
+            assert doc["received_at"]["first"] <= doc["received_at"]["last"]
+            assert phi_check(doc, service.policy) == [], (name, doc)
+    by_series = {d["_id"]: d for d in db["featureset"].find()}
+    for inst in corpus:
+        doc = by_series[pseudo.uid(inst.series_uid)]
+        assert doc["PatientID"] == pseudo.identifier("PatientID", inst.patient_id)
+        assert doc["StudyInstanceUID"] == pseudo.uid(inst.study_uid)
+        assert doc["SeriesInstanceUID"] == pseudo.uid(inst.series_uid)
+        assert doc["DeviceSerialNumber"] == inst.scanner.serial
+        assert doc["StationName"] == inst.scanner.station
+        assert doc["Modality"] == inst.scanner.modality
+        assert doc["ManufacturerModelName"] == inst.scanner.model
+        assert doc["AcquisitionDate"] == inst.acquisition.strftime("%Y%m%d")
+        assert doc["ImageType"] == ["ORIGINAL", "PRIMARY", "AXIAL"]
+        assert doc["SliceThickness"] == 1.25 and isinstance(doc["SeriesNumber"], int)
+        for forbidden in ("PatientName", "PatientBirthDate", "InstitutionName", "StudyDescription"):
+            assert forbidden not in doc
+    # Raw identifiers appear nowhere in the database.
+    dumped = json.dumps([d for n in ("featureset", "featureset1") for d in db[n].find()], default=str)
+    for inst in corpus:
+        for raw in (inst.patient_id, inst.patient_name, inst.birth_date, inst.accession, inst.study_uid):
+            assert raw not in dumped
+        assert inst.patient_name.split("^")[0] not in dumped
+
+
+def test_purge_deletes_extracted_quiet_series_and_keeps_documents(
+    meta_factory: Callable[..., MetaService], secantus: SecantusServer, mongo_db_name: str, tmp_path: Path
+) -> None:
+    now = [1_000_000.0]
+    generate_corpus(tmp_path / "corpus", CorpusSpec(patients=1, studies_per_patient=1))
+    service = meta_factory(clock=lambda: now[0], QuietPeriodMinutes=10)
+    storescu(service.port, tmp_path / "corpus")
+    assert service.wait_idle(30)
+    data = tmp_path / "data"
+    before = sorted(p for p in data.rglob("*.dcm"))
+    assert len(before) == 4
+
+    now[0] += 9 * 60  # not quiet yet
+    result = service.purge_now()
+    assert result is not None and result.files == 0
+    assert sorted(data.rglob("*.dcm")) == before
+
+    now[0] += 2 * 60  # quiet now
+    result = service.purge_now()
+    assert result is not None and result.files == 4
+    assert list(data.rglob("*.dcm")) == []
+    assert [p.name for p in data.iterdir()] == [".niffler-incoming"]  # empty folders removed
+    assert database(secantus, mongo_db_name)["featureset"].count_documents({}) == 2
+
+
+def test_store_down_files_wait_and_are_extracted_when_it_returns(
+    meta_factory: Callable[..., MetaService], mongo_db_name: str, tmp_path: Path
+) -> None:
+    server = SecantusServer(tmp_path / "own-store").start()
+    try:
+        corpus = generate_corpus(tmp_path / "corpus", CorpusSpec(patients=2, studies_per_patient=1))
+        service = meta_factory(uri=server.uri, QuietPeriodMinutes=0)
+        port = server.port
+        server.kill()
+        storescu(service.port, tmp_path / "corpus")
+        deadline = time.monotonic() + 20
+        while service.store_ok and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not service.store_ok
+        result = service.purge_now()  # quiet period 0: only "not extracted" protects the files
+        assert result is not None and result.files == 0
+        assert len(list((tmp_path / "data").rglob("*.dcm"))) == len(corpus)
+
+        server = SecantusServer(tmp_path / "own-store", port=port).start()
+        assert service.wait_idle(90)
+        db = MongoClient(server.uri, tz_aware=True)[mongo_db_name]
+        counts = {d["_id"]: d["instance_count"] for d in db["featureset"].find()}
+        pseudo = Pseudonymizer(SECRET.encode())
+        assert counts == {pseudo.uid(k): v for k, v in expected_series(corpus).items()}
+        assert service.store_ok
+    finally:
+        server.stop()
+
+
+def test_eight_concurrent_senders_lose_nothing(
+    meta_factory: Callable[..., MetaService], secantus: SecantusServer, mongo_db_name: str, tmp_path: Path
+) -> None:
+    folders = []
+    corpus: list[Instance] = []
+    for n in range(8):
+        spec = CorpusSpec(
+            patients=1, studies_per_patient=1, series_per_study=2, instances_per_series=5, seed=n + 1
+        )
+        corpus += generate_corpus(tmp_path / f"corpus{n}", spec)
+        folders.append(tmp_path / f"corpus{n}")
+    service = meta_factory()
+    errors: list[BaseException] = []
+
+    def send(folder: Path) -> None:
+        try:
+            storescu(service.port, folder)
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=send, args=(f,)) for f in folders]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert service.wait_idle(60)
+    pseudo = Pseudonymizer(SECRET.encode())
+    counts = {d["_id"]: d["instance_count"] for d in database(secantus, mongo_db_name)["featureset"].find()}
+    assert counts == {pseudo.uid(k): v for k, v in expected_series(corpus).items()}
+    assert len(list((tmp_path / "data").rglob("*.dcm"))) == 80
+
+
+def test_disk_watermark_refuses_with_a700_and_stores_nothing(
+    meta_factory: Callable[..., MetaService], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    generate_corpus(tmp_path / "corpus", CorpusSpec(patients=1, studies_per_patient=1, series_per_study=1))
+    service = meta_factory(DiskWatermarkPercent=80, service_kwargs={"disk_percent": lambda _: 95.0})
+    result = storescu(service.port, tmp_path / "corpus", check=False)
+    assert result.returncode != 0
+    assert "Refused: OutOfResources" in result.stdout + result.stderr
+    assert list((tmp_path / "data").rglob("*.dcm")) == []
+    assert "watermark" in caplog.text
+
+
+# --- the real command, killed and restarted --------------------------------------------------
+
+
+def start_daemon(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    exe = Path(sys.executable).with_name("niffler-meta")
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(exe), "--config", str(config)], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    port = json.loads(config.read_text())["QueryAet"].split(":")[1]
+    wait_for_port(int(port), timeout=30, proc=proc)
+    return proc
+
+
+def test_kill_9_mid_stream_then_restart_and_resend_loses_and_duplicates_nothing(
+    secantus: SecantusServer, mongo_db_name: str, tmp_path: Path
+) -> None:
+    spec = CorpusSpec(
+        patients=2, studies_per_patient=2, series_per_study=2, instances_per_series=10, rows=64, columns=64
+    )
+    corpus = generate_corpus(tmp_path / "corpus", spec)
+    files = sorted(i.path for i in corpus)
+    config = write_config(tmp_path, secantus.uri, mongo_db_name)
+    port = int(json.loads(config.read_text())["QueryAet"].split(":")[1])
+    env = {**os.environ, KEY_ENV: SECRET}
+    log = tmp_path / "daemon.log"
+
+    daemon = start_daemon(config, env, log)
+    sender = subprocess.Popen(
+        ["storescu", "-aec", "NIFFLER", "+sd", LOOPBACK, str(port), *map(str, files)],
+        env={**env, "TCP_NODELAY": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    data = tmp_path / "data"
+    deadline = time.monotonic() + 30
+    while len(list(data.rglob("*.dcm"))) < len(files) // 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    daemon.send_signal(signal.SIGKILL)
+    daemon.wait(10)
+    sender.wait(30)
+    stored_before_kill = len(list(data.rglob("*.dcm")))
+    assert 0 < stored_before_kill < len(files), "the kill did not land mid-stream"
+
+    daemon = start_daemon(config, env, log)
+    try:
+        # Resend from a quarter in: overlaps what arrived and completes the stream.
+        storescu(port, *files[len(files) // 4 :])
+        storescu(port, *files[: len(files) // 4])
+        pseudo = Pseudonymizer(SECRET.encode())
+        want = {pseudo.uid(k): v for k, v in expected_series(corpus).items()}
+        db = database(secantus, mongo_db_name)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            got = {d["_id"]: d.get("instance_count") for d in db["featureset"].find()}
+            if got == want:
+                break
+            time.sleep(0.3)
+        assert got == want
+        assert db["featureset"].count_documents({}) == len(want)
+        exe = str(Path(sys.executable).with_name("niffler-meta"))
+        status = subprocess.run(
+            [exe, "--config", str(config), "status", "--json"],
+            env=env, capture_output=True, text=True, check=True, timeout=60,
+        )  # fmt: skip
+        figures = json.loads(status.stdout)
+        assert figures["instances_received"] == len(files)
+        assert figures["series_extracted"] == len(want)
+        assert figures["store"].endswith("reachable")
+    finally:
+        daemon.send_signal(signal.SIGTERM)
+        assert daemon.wait(30) == 0
+    text = log.read_text()
+    assert "niffler-meta stopped" in text
+    for inst in corpus:  # no PHI in the log
+        assert inst.patient_id not in text and inst.patient_name not in text
