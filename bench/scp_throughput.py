@@ -11,29 +11,13 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
+from benchlib import count_files, make_corpus, report, run_dcmtk_scp, send
+
 from niffler.common.dicomnet import DEFAULT_MAX_PDU, StorageSCP
-from niffler.testing.corpus import CorpusSpec, generate_corpus
-from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk
-
-
-def send(port: int, aec: str, corpus_dir: Path) -> float:
-    start = time.perf_counter()
-    run_dcmtk(
-        ["storescu", "-aet", "BENCH", "-aec", aec, "+sd", "+r", "127.0.0.1", str(port), str(corpus_dir)],
-        timeout=1800,
-    )
-    return time.perf_counter() - start
-
-
-def run_dcmtk_scp(work: Path, corpus_dir: Path) -> float:
-    with DcmtkStoreSCP(work / "dcmtk-out", aet="DCMTKSCP") as scp:
-        return send(scp.port, "DCMTKSCP", corpus_dir)
 
 
 def run_niffler_scp(work: Path, corpus_dir: Path, max_pdu: int) -> float:
@@ -41,10 +25,6 @@ def run_niffler_scp(work: Path, corpus_dir: Path, max_pdu: int) -> float:
         work / "niffler-out", ae_title="NIFFLER", host="127.0.0.1", maximum_pdu_size=max_pdu
     ) as scp:
         return send(scp.port, "NIFFLER", corpus_dir)
-
-
-def count_files(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file() and ".niffler-incoming" not in p.parts)
 
 
 def main() -> None:
@@ -62,22 +42,10 @@ def main() -> None:
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="niffler-bench-"))
     corpus_dir = work / "corpus"
-    per_series = 50
-    spec = CorpusSpec(
-        patients=max(1, args.files // per_series),
-        studies_per_patient=1,
-        series_per_study=1,
-        instances_per_series=per_series,
-        rows=args.size,
-        columns=args.size,
-    )
-    t0 = time.perf_counter()
-    corpus = generate_corpus(corpus_dir, spec)
-    total_mb = sum(i.path.stat().st_size for i in corpus) / 1e6
-    print(f"corpus: {len(corpus)} files, {total_mb:.0f} MB, generated in {time.perf_counter() - t0:.1f} s")
+    corpus, total_mb = make_corpus(corpus_dir, args.files, args.size)
 
     runners: dict[str, Callable[[], float]] = {
-        "dcmtk storescp": lambda: run_dcmtk_scp(work, corpus_dir),
+        "dcmtk storescp": lambda: run_dcmtk_scp(work / "dcmtk-out", corpus_dir),
         "niffler StorageSCP": lambda: run_niffler_scp(work, corpus_dir, args.max_pdu),
     }
     times: dict[str, list[float]] = {name: [] for name in runners}
@@ -93,12 +61,7 @@ def main() -> None:
             print(f"  run {rep + 1} {name:20s} {elapsed:6.2f} s")
             shutil.rmtree(out, ignore_errors=True)
 
-    print(f"\n{'receiver':20s} {'median s':>9s} {'files/s':>9s} {'MB/s':>8s}")
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    for name, med in medians.items():
-        print(f"{name:20s} {med:9.2f} {len(corpus) / med:9.0f} {total_mb / med:8.0f}")
-    ratio = medians["dcmtk storescp"] / medians["niffler StorageSCP"]
-    print(f"\nratio niffler/dcmtk throughput: {ratio:.2f}x (goal >= 0.5x)")
+    report(times, len(corpus), total_mb, "dcmtk storescp", "niffler StorageSCP")
     shutil.rmtree(work, ignore_errors=True)
 
 

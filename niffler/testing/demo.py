@@ -1,23 +1,29 @@
-"""Quick-start demo: a local PACS, synthetic studies, retrieval into Niffler's Storage SCP.
+"""Quick-start demo: a local PACS streams synthetic studies into niffler-meta, PHI-free metadata out.
 
 Runs entirely on 127.0.0.1 with generated (not real) patients: starts a real
-Orthanc seeded with a synthetic corpus, starts Niffler's Storage SCP and asks
-Orthanc to C-MOVE every study to it, then prints where the files landed.
+Orthanc seeded with a synthetic corpus and niffler-meta (its Storage SCP,
+extraction worker and the embedded MongoDB-wire store), asks Orthanc to
+C-MOVE every study to it, waits for the metadata, then prints what the
+store holds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shutil
 import sys
 from pathlib import Path
 
-from niffler.common.dicomnet import StorageSCP
-from niffler.testing.corpus import CorpusSpec, generate_corpus
+from niffler.meta_extraction.config import MetaConfig
+from niffler.meta_extraction.service import open_service
+from niffler.testing.corpus import CorpusSpec, Scanner, generate_corpus
 from niffler.testing.peers import OrthancPACS, free_port
 
 log = logging.getLogger(__name__)
+
+FEATURESETS = Path(__file__).resolve().parents[2] / "configs" / "featuresets"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,22 +35,35 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     work: Path = args.workdir.absolute()
     shutil.rmtree(work, ignore_errors=True)
-    corpus = generate_corpus(work / "synthetic-corpus", CorpusSpec(patients=3, studies_per_patient=2))
+    scanners = (Scanner(), Scanner(serial="SN0002", station="MR01", modality="MR", model="Magnet 3T"))
+    corpus = generate_corpus(work / "synthetic-corpus", CorpusSpec(patients=3, scanners=scanners))
     port = free_port()
-    received = work / "received"
-    with (
-        StorageSCP(received, ae_title="NIFFLER", host="127.0.0.1", port=port) as scp,
-        OrthancPACS(work / "pacs", modalities={"niffler": ("NIFFLER", "127.0.0.1", port)}) as pacs,
-    ):
-        pacs.upload([i.path for i in corpus])
-        log.info("local PACS (Orthanc) on 127.0.0.1:%d holds %d instances", pacs.dicom_port, len(corpus))
-        for study in sorted({i.study_uid for i in corpus}):
-            pacs.movescu_study(study, calling_aet="NIFFLER", destination_aet=scp.ae_title)
-    stored = sorted(received.rglob("*.dcm"))
-    print(f"retrieved {len(stored)} of {len(corpus)} instances into {received}")
-    for path in stored[:3]:
-        print("  ", path.relative_to(received))
-    return 0 if len(stored) == len(corpus) else 1
+    config = MetaConfig(
+        QueryAet=f"NIFFLER:{port}",
+        BindAddress="127.0.0.1",
+        StorageFolder=work / "received",
+        StateFolder=work / "state",
+        FeaturesetFolder=FEATURESETS,
+    )
+    service = open_service(config).start()
+    try:
+        with OrthancPACS(work / "pacs", modalities={"niffler": ("NIFFLER", "127.0.0.1", port)}) as pacs:
+            pacs.upload([i.path for i in corpus])
+            log.info("local PACS (Orthanc) on 127.0.0.1:%d holds %d instances", pacs.dicom_port, len(corpus))
+            for study in sorted({i.study_uid for i in corpus}):
+                pacs.movescu_study(study, calling_aet="NIFFLER", destination_aet="NIFFLER")
+        service.wait_idle(60)
+        db = service.store.db
+        series = len({i.series_uid for i in corpus})
+        documents = db["featureset"].count_documents({})
+        print(f"\nreceived {service.received} instances; {documents} of {series} series documented in "
+              f"{db.name}.featureset (embedded store under {config.StateFolder / 'store'})")  # fmt: skip
+        sample = db["featureset"].find_one({}, {"_id": 0})
+        print("one document (PatientID and UIDs are keyed pseudonyms; names and birth dates are gone):")
+        print(json.dumps(sample, indent=2, default=str))
+        return 0 if documents == series else 1
+    finally:
+        service.stop()
 
 
 if __name__ == "__main__":

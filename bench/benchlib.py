@@ -1,0 +1,57 @@
+"""Helpers shared by the benchmarks: a generated corpus, a DCMTK sender, a median table."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
+from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk
+
+
+def make_corpus(folder: Path, files: int, size: int, per_series: int = 50) -> tuple[list[Instance], float]:
+    """Generate about *files* 16-bit *size* x *size* images; return them and their total MB."""
+    spec = CorpusSpec(
+        patients=max(1, files // per_series),
+        studies_per_patient=1,
+        series_per_study=1,
+        instances_per_series=per_series,
+        rows=size,
+        columns=size,
+    )
+    t0 = time.perf_counter()
+    corpus = generate_corpus(folder, spec)
+    total_mb = sum(i.path.stat().st_size for i in corpus) / 1e6
+    print(f"corpus: {len(corpus)} files, {total_mb:.0f} MB, generated in {time.perf_counter() - t0:.1f} s")
+    return corpus, total_mb
+
+
+def send(port: int, aec: str, corpus_dir: Path) -> float:
+    """Send *corpus_dir* with storescu (TCP_NODELAY=1) and return the seconds it took."""
+    start = time.perf_counter()
+    run_dcmtk(
+        ["storescu", "-aet", "BENCH", "-aec", aec, "+sd", "+r", "127.0.0.1", str(port), str(corpus_dir)],
+        timeout=1800,
+    )
+    return time.perf_counter() - start
+
+
+def run_dcmtk_scp(out: Path, corpus_dir: Path) -> float:
+    with DcmtkStoreSCP(out, aet="DCMTKSCP") as scp:
+        return send(scp.port, "DCMTKSCP", corpus_dir)
+
+
+def count_files(folder: Path) -> int:
+    return sum(1 for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in p.parts))
+
+
+def report(times: dict[str, list[float]], files: int, total_mb: float, peer: str, ours: str) -> float:
+    """Print the median table and return the throughput ratio ours/peer."""
+    print(f"\n{'receiver':24s} {'median s':>9s} {'files/s':>9s} {'MB/s':>8s}")
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    for name, med in medians.items():
+        print(f"{name:24s} {med:9.2f} {files / med:9.0f} {total_mb / med:8.0f}")
+    ratio = medians[peer] / medians[ours]
+    print(f"\nratio {ours} / {peer} throughput: {ratio:.2f}x (goal >= 0.5x)")
+    return ratio
