@@ -68,9 +68,8 @@ def meta_factory(
 
     def start(uri: str | None = None, clock: Callable[[], float] = time.time, **extra: Any) -> MetaService:
         service_kwargs = extra.pop("service_kwargs", {})
-        config = load_config(
-            MetaConfig, [write_config(tmp_path, uri or secantus.uri, mongo_db_name, **extra)]
-        )
+        uri = "" if extra.pop("embedded", False) else (uri or secantus.uri)
+        config = load_config(MetaConfig, [write_config(tmp_path, uri, mongo_db_name, **extra)])
         service = open_service(config, clock=clock, **service_kwargs).start()
         started.append(service)
         return service
@@ -252,6 +251,32 @@ def test_disk_watermark_refuses_with_a700_and_stores_nothing(
     assert "Refused: OutOfResources" in result.stdout + result.stderr
     assert list((tmp_path / "data").rglob("*.dcm")) == []
     assert "watermark" in caplog.text
+
+
+def test_embedded_store_is_shared_with_other_processes_while_the_daemon_runs(
+    meta_factory: Callable[..., MetaService],
+    mongo_db_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("NIFFLER_MONGO_URI", raising=False)
+    monkeypatch.delenv("MONGO_URI", raising=False)
+    corpus = generate_corpus(tmp_path / "corpus", CorpusSpec(patients=1, studies_per_patient=2))
+    service = meta_factory(embedded=True)
+    assert service.store.embedded
+    storescu(service.port, tmp_path / "corpus")
+    assert service.wait_idle(30)
+    # Another process (as niffler-scanner-util would) reads the same store while the daemon runs.
+    reader = (
+        "import sys; from pathlib import Path; from niffler.common.store import attach_store;"
+        "s = attach_store(None, database=sys.argv[1], data_dir=Path(sys.argv[2]));"
+        "print(s.db['featureset'].count_documents({}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", reader, mongo_db_name, str(tmp_path / "state" / "store")],
+        capture_output=True, text=True, check=True, timeout=60,
+    )  # fmt: skip
+    assert int(out.stdout) == len(expected_series(corpus))
 
 
 # --- the real command, killed and restarted --------------------------------------------------
