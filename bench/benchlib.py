@@ -2,12 +2,23 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
 from pathlib import Path
 
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
 from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk
+
+
+def corpus_arguments(doc: str | None) -> argparse.ArgumentParser:
+    """Return a parser with the options every benchmark takes (corpus size, repeats, workdir)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--files", type=int, default=2000)
+    parser.add_argument("--size", type=int, default=512, help="rows = columns of each 16-bit image")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", type=Path, default=None)
+    return parser
 
 
 def make_corpus(folder: Path, files: int, size: int, per_series: int = 50) -> tuple[list[Instance], float]:

@@ -12,7 +12,6 @@ from the last C-STORE response to the last document stored.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import statistics
@@ -21,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import count_files, make_corpus, report, run_dcmtk_scp, send
+from benchlib import corpus_arguments, count_files, make_corpus, report, run_dcmtk_scp, send
 
 from niffler.common.deid import KEY_ENV
 from niffler.meta_extraction.config import MetaConfig
@@ -56,13 +55,7 @@ def run_meta(work: Path, corpus_dir: Path, mongo_uri: str, database: str, lags: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=512, help="rows = columns of each 16-bit image")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--workdir", type=Path, default=None)
+    parser = corpus_arguments(__doc__)
     args = parser.parse_args()
     os.environ.setdefault(KEY_ENV, "benchmark-secret-not-for-production")
 

@@ -9,13 +9,12 @@ times; prints the median files/s and MB/s of each and their ratio.
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from benchlib import count_files, make_corpus, report, run_dcmtk_scp, send
+from benchlib import corpus_arguments, count_files, make_corpus, report, run_dcmtk_scp, send
 
 from niffler.common.dicomnet import DEFAULT_MAX_PDU, StorageSCP
 
@@ -28,16 +27,10 @@ def run_niffler_scp(work: Path, corpus_dir: Path, max_pdu: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--files", type=int, default=2000)
-    parser.add_argument("--size", type=int, default=512, help="rows = columns of each 16-bit image")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser = corpus_arguments(__doc__)
     parser.add_argument(
         "--max-pdu", type=int, default=DEFAULT_MAX_PDU, help="Niffler's maximum PDU (0 = unlimited)"
     )
-    parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="niffler-bench-"))
