@@ -113,6 +113,7 @@ class MetaService:
         )
         self._queue: queue.Queue[Arrival] = queue.Queue()
         self._stop = threading.Event()
+        self._stop_deadline = 0.0
         self._purge_asked = threading.Event()
         self._purge_done = threading.Event()
         self._idle = threading.Event()
@@ -147,6 +148,8 @@ class MetaService:
     def stop(self, grace: float = 30.0) -> None:
         """Stop receiving, record what arrived, extract what the store takes within *grace* s."""
         self.scp.stop()
+        # Leave a margin inside the grace for the last batch to finish.
+        self._stop_deadline = time.monotonic() + max(0.0, grace - 5.0)
         self._stop.set()
         if self._worker is not None:
             self._worker.join(grace)
@@ -243,6 +246,7 @@ class MetaService:
                         index, self.storage_folder, self.clock() - 60.0 * self.config.QuietPeriodMinutes
                     )
                     self._purge_done.set()
+                busy = False
                 if time.monotonic() >= next_try:
                     try:
                         busy = self._extract_pending(index)
@@ -262,7 +266,8 @@ class MetaService:
                         self.store_ok, backoff = True, 0.0
                     if not busy and self._queue.empty():
                         self._idle.set()
-                if stopping and self._queue.empty():
+                finished = not busy or not self.store_ok or time.monotonic() > self._stop_deadline
+                if stopping and self._queue.empty() and finished:
                     break
         except Exception:
             log.exception("the extraction worker failed")
