@@ -29,7 +29,7 @@ def load_meta_config(
     port: int | None = None,
     mongo_uri: str | None = None,
 ) -> MetaConfig:
-    """Load the config file with the CLI overrides; relative folders in the file follow the file."""
+    """Load the config file with the CLI overrides; a relative FeaturesetFolder follows the file."""
     paths = [config_path] if config_path else []
     config = load_config(MetaConfig, paths, {"StorageFolder": storage_folder, "MongoURI": mongo_uri})
     if aet or port:
