@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
-from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk
+from niffler.testing.peers import DcmtkStoreSCP, storescu
 
 
 def corpus_arguments(doc: str | None) -> argparse.ArgumentParser:
@@ -41,10 +41,7 @@ def make_corpus(folder: Path, files: int, size: int, per_series: int = 50) -> tu
 def send(port: int, aec: str, corpus_dir: Path) -> float:
     """Send *corpus_dir* with storescu (TCP_NODELAY=1) and return the seconds it took."""
     start = time.perf_counter()
-    run_dcmtk(
-        ["storescu", "-aet", "BENCH", "-aec", aec, "+sd", "+r", "127.0.0.1", str(port), str(corpus_dir)],
-        timeout=1800,
-    )
+    storescu(port, corpus_dir, aec=aec, aet="BENCH", timeout=1800)
     return time.perf_counter() - start
 
 

@@ -63,7 +63,7 @@ import math
 import os
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -93,10 +93,9 @@ __all__ = [
     "Rule",
     "deidentify_dataset",
     "deidentify_to_dict",
-    "iter_table_tags",
     "load_secret",
     "phi_check",
-    "tag_of",
+    "tag_of_key",
 ]
 
 log = logging.getLogger(__name__)
@@ -168,6 +167,8 @@ _OVERRIDE_ACTIONS = {"keep": "K", "remove": "X", "pseudonymize": "P"}
 _HEX_TAG = re.compile(r"^(?:0x)?([0-9A-Fa-f]{8})$")
 _ITEM = re.compile(r"_\d+_")
 _PSEUDO_ID = re.compile(r"^[0-9A-F]{16}$")
+#: Rule source of a public attribute the table does not list (kept, not audited).
+_NOT_IN_TABLE = "not in E.1-1"
 
 
 class Action(str, enum.Enum):
@@ -375,9 +376,7 @@ class Policy:
         self.edition = edition
         self.pseudonymizer = Pseudonymizer(key)
         table, self._masked = load_table(edition)
-        rules = {tag: Rule(Action(code) if code in ("D", "Z", "X", "U") else _IN_PLACE[code], f"E.1-1 {code}")
-                 for tag, code in table.items()}  # fmt: skip
-        self._table_codes = table
+        rules = {tag: Rule(_IN_PLACE[code], f"E.1-1 {code}") for tag, code in table.items()}
         for keyword in DEFAULT_PSEUDONYMIZED:
             rules[int(tag_for_keyword(keyword) or 0)] = Rule(
                 Action.PSEUDONYM, "keyed pseudonym (grouping ID)"
@@ -429,7 +428,7 @@ class Policy:
         for g, e, gmask, emask, code in self._masked:
             if group & gmask == g and element & emask == e:
                 return Rule(_IN_PLACE.get(code, Action.REMOVE), f"E.1-1 {code}")
-        return Rule(Action.KEEP, "not in E.1-1")
+        return Rule(Action.KEEP, _NOT_IN_TABLE)
 
     def method_codes(self) -> list[tuple[str, str]]:
         """CID 7050 (code, meaning) pairs of the profile and the active options."""
@@ -501,14 +500,17 @@ def deidentify_to_dict(dataset: Dataset, policy: Policy, *, prefix: str = "") ->
     return record
 
 
+def _audit(audit: list[AuditEntry], key: str, tag: int, rule: Rule) -> None:
+    """Record a decision of the profile, an option or an override (plain keeps are not recorded)."""
+    if rule.source != _NOT_IN_TABLE:
+        audit.append(AuditEntry(key, _tag_text(tag), rule.action.name.lower(), rule.source))
+
+
 def _flatten(dataset: Dataset, policy: Policy, prefix: str, record: DeidRecord) -> None:
     for elem in dataset:
         rule = policy.rule(int(elem.tag))
         key = prefix + _key_name(elem.tag)
-        if rule.source != "not in E.1-1":
-            record.audit.append(
-                AuditEntry(key, _tag_text(int(elem.tag)), rule.action.name.lower(), rule.source)
-            )
+        _audit(record.audit, key, int(elem.tag), rule)
         if not rule.keeps_value:
             continue
         if elem.VR == "SQ":
@@ -564,8 +566,7 @@ def _apply(dataset: Dataset, policy: Policy, prefix: str, audit: list[AuditEntry
         tag = int(elem.tag)
         rule = policy.rule(tag)
         key = prefix + _key_name(elem.tag)
-        if rule.source != "not in E.1-1":
-            audit.append(AuditEntry(key, _tag_text(tag), rule.action.name.lower(), rule.source))
+        _audit(audit, key, tag, rule)
         action = rule.action
         if action is Action.REMOVE:
             del dataset[elem.tag]
@@ -583,7 +584,8 @@ def _apply(dataset: Dataset, policy: Policy, prefix: str, audit: list[AuditEntry
             elem.value = _pseudonym_value(policy, elem, action)
 
 
-def _tag_of_key(key: str) -> int | None:
+def tag_of_key(key: str) -> int | None:
+    """Return the tag a record key names (its last component: keyword or 8-hex tag), or None."""
     name = _ITEM.split(key)[-1]
     match = _HEX_TAG.match(name)
     if match:
@@ -602,7 +604,7 @@ def phi_check(record: Mapping[str, Any], policy: Policy) -> list[str]:
     """
     problems: list[str] = []
     for key, value in record.items():
-        tag = _tag_of_key(key)
+        tag = tag_of_key(key)
         if tag is None:
             continue
         rule = policy.rule(tag)
@@ -615,13 +617,3 @@ def phi_check(record: Mapping[str, Any], policy: Policy) -> list[str]:
         if rule.action is Action.PSEUDONYM and not all(v is None or _PSEUDO_ID.match(str(v)) for v in values):
             problems.append(f"{key}: must be a keyed pseudonym")
     return problems
-
-
-def iter_table_tags(policy: Policy) -> Iterable[int]:
-    """The exact (non-repeating-group) tags of the policy's table, for tests and audits."""
-    return iter(policy._table_codes)
-
-
-def tag_of(name: str) -> int:
-    """Return the tag of a keyword or hex tag (used by featuresets and configs)."""
-    return _parse_tag(name, "tag")

@@ -26,7 +26,7 @@ from typing import Any
 import pydicom
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
-from niffler.common.deid import Policy, deidentify_to_dict, phi_check
+from niffler.common.deid import Policy, deidentify_to_dict, phi_check, tag_of_key
 from niffler.common.errors import ConfigError, DeidError, InputError
 
 __all__ = ["Featureset", "build_documents", "load_featuresets", "read_header"]
@@ -102,8 +102,8 @@ def report_removed(featuresets: Iterable[Featureset], policy: Policy) -> None:
     for fs in featuresets:
         removed = []
         for key in fs.keys:
-            tag = tag_for_keyword(key) if not re.fullmatch(r"[0-9A-F]{8}", key) else int(key, 16)
-            if tag is not None and not policy.rule(int(tag)).keeps_value:
+            tag = tag_of_key(key)
+            if tag is not None and not policy.rule(tag).keeps_value:
                 removed.append(key)
         if removed:
             log.info("featureset %s: the de-identification policy removes %s", fs.name, ", ".join(removed))

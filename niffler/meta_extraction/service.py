@@ -332,6 +332,7 @@ class MetaService:
 
     def _extract_batch(self, index: InstanceIndex, rows: list[Pending]) -> None:
         per_instance = self.config.ExtractionGranularity == "instance"
+        method = self.policy.describe()
         by_series: dict[str, list[Pending]] = {}
         for row in rows:
             by_series.setdefault(row.series_key, []).append(row)
@@ -353,7 +354,7 @@ class MetaService:
                 doc_id = item.sop_key if per_instance else series_key
                 for name, fields in documents.items():
                     fields["series_key"] = series_key
-                    fields["deidentification"] = self.policy.describe()
+                    fields["deidentification"] = method
                     writes[name].append(UpdateOne({"_id": doc_id}, {"$set": fields}, upsert=True))
                 if not per_instance:
                     documented.append(series_key)

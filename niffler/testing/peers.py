@@ -88,6 +88,24 @@ def run_dcmtk(
     return result
 
 
+def storescu(
+    port: int,
+    *paths: str | Path,
+    aec: str = "NIFFLER",
+    aet: str = "MODALITY",
+    check: bool = True,
+    verbose: bool = False,
+    timeout: float = 300.0,
+) -> subprocess.CompletedProcess[str]:
+    """Send files or folders (recursively) to 127.0.0.1:*port* with DCMTK storescu.
+
+    *verbose* (``-v``) makes storescu print a refusal's status name, such as
+    "Refused: OutOfResources"; leave it off when timing.
+    """
+    args = ["storescu", *(["-v"] if verbose else []), "-aet", aet, "-aec", aec, "+sd", "+r"]
+    return run_dcmtk([*args, LOOPBACK, str(port), *map(str, paths)], timeout=timeout, check=check)
+
+
 @dataclass
 class OrthancPACS:
     """A real Orthanc PACS in its own process, on free loopback ports.

@@ -24,7 +24,7 @@ from niffler.common.deid import KEY_ENV, Pseudonymizer, phi_check
 from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.service import MetaService, open_service
 from niffler.testing.corpus import CorpusSpec, Instance, Scanner, generate_corpus
-from niffler.testing.peers import SecantusServer, free_port, run_dcmtk, wait_for_port
+from niffler.testing.peers import SecantusServer, free_port, run_dcmtk, storescu, wait_for_port
 
 LOOPBACK = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[2]
@@ -77,25 +77,6 @@ def meta_factory(
     yield start
     for service in started:
         service.stop(grace=10)
-
-
-def storescu(
-    port: int, *paths: Path, check: bool = True, aet: str = "MODALITY"
-) -> subprocess.CompletedProcess[str]:
-    args = [
-        "storescu",
-        "-v",
-        "-aet",
-        aet,
-        "-aec",
-        "NIFFLER",
-        "+sd",
-        "+r",
-        LOOPBACK,
-        str(port),
-        *map(str, paths),
-    ]
-    return run_dcmtk(args, check=check)
 
 
 def database(secantus: SecantusServer, name: str) -> Any:
@@ -246,7 +227,7 @@ def test_disk_watermark_refuses_with_a700_and_stores_nothing(
 ) -> None:
     generate_corpus(tmp_path / "corpus", CorpusSpec(patients=1, studies_per_patient=1, series_per_study=1))
     service = meta_factory(DiskWatermarkPercent=80, service_kwargs={"disk_percent": lambda _: 95.0})
-    result = storescu(service.port, tmp_path / "corpus", check=False)
+    result = storescu(service.port, tmp_path / "corpus", check=False, verbose=True)
     assert result.returncode != 0
     assert "Refused: OutOfResources" in result.stdout + result.stderr
     assert list((tmp_path / "data").rglob("*.dcm")) == []

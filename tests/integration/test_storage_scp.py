@@ -14,7 +14,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from niffler.common.dicomnet import StorageSCP, StoredInstance
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
 from niffler.testing.dicomfiles import dataset_bytes
-from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk
+from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk, storescu
 
 LOOPBACK = "127.0.0.1"
 COMPRESSED_FILES = [
@@ -46,13 +46,6 @@ def scp(tmp_path: Path):
     server.received = received  # type: ignore[attr-defined]
     with server:
         yield server
-
-
-def storescu(port: int, *paths: Path, aet: str = "MODALITY", check: bool = True):
-    return run_dcmtk(
-        ["storescu", "-aet", aet, "-aec", "NIFFLER", "+sd", "+r", LOOPBACK, str(port), *map(str, paths)],
-        check=check,
-    )
 
 
 def test_storescu_corpus_arrives_byte_identical_where_template_says(
@@ -143,20 +136,7 @@ def test_failed_disk_write_answers_out_of_resources(scp: StorageSCP, corpus: lis
     assoc.release()
     assert status.Status == 0xA700
     # DCMTK sees the same refusal.
-    result = run_dcmtk(
-        [
-            "storescu",
-            "-v",
-            "-aet",
-            "MODALITY",
-            "-aec",
-            "NIFFLER",
-            LOOPBACK,
-            str(scp.port),
-            str(corpus[1].path),
-        ],
-        check=False,
-    )
+    result = storescu(scp.port, corpus[1].path, check=False, verbose=True)
     assert result.returncode != 0
     assert "Refused: OutOfResources" in result.stdout + result.stderr
     assert list(scp.storage_folder.rglob("*.dcm")) == []
