@@ -28,5 +28,5 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e "$root[embedded,codecs,test]"
+"$venv/bin/python" -m pip install -q -e "$root[embedded,codecs,distributed,test]"
 echo "niffler installed in $venv"

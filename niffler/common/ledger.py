@@ -68,6 +68,11 @@ class Entry:
     updated_at: float
 
 
+def _entry(row: tuple[Any, ...]) -> Entry:
+    ns, key, state, attempts, error, detail, created, updated = row
+    return Entry(ns, key, State(state), attempts, error, json.loads(detail or "{}"), created, updated)
+
+
 class Ledger:
     """A thread-safe progress ledger stored in one SQLite file."""
 
@@ -139,6 +144,58 @@ class Ledger:
             [(namespace, key, state.value, bump, error, encoded, now, now, bump)],
         )
 
+    def mark_many(
+        self, namespace: str, changes: Iterable[tuple[str, State, str | None, dict[str, Any] | None]]
+    ) -> None:
+        """Record many (key, state, error, detail) changes in one transaction (one commit, not N)."""
+        now = time.time()
+        self._write(
+            "INSERT INTO entries "
+            "(namespace, key, state, attempts, last_error, detail, created_at, updated_at) "
+            "VALUES (?, ?, ?, 1, ?, ?, ?, ?) "
+            "ON CONFLICT (namespace, key) DO UPDATE SET state = excluded.state, "
+            "attempts = entries.attempts + 1, last_error = excluded.last_error, "
+            "detail = COALESCE(excluded.detail, entries.detail), updated_at = excluded.updated_at",
+            [
+                (namespace, key, state.value, error,
+                 json.dumps(detail, sort_keys=True) if detail is not None else None, now, now)
+                for key, state, error, detail in changes
+            ],
+        )  # fmt: skip
+
+    def requeue(self, namespace: str, state: State) -> int:
+        """Set every entry of *namespace* in *state* back to pending; return how many."""
+        with self._lock:
+            count = self._db.execute(
+                "SELECT COUNT(*) FROM entries WHERE namespace = ? AND state = ?", (namespace, state.value)
+            ).fetchone()[0]
+        self._write(
+            "UPDATE entries SET state = 'pending', updated_at = ? WHERE namespace = ? AND state = ?",
+            [(time.time(), namespace, state.value)],
+        )
+        return int(count)
+
+    def stream(self, namespace: str, state: State | None = None, page: int = 1000) -> Iterator[Entry]:
+        """Yield the entries of *namespace* (optionally in one *state*) in key order, a page at a time.
+
+        Each page is its own short query (keyset pagination), so memory stays
+        flat however many entries there are, no read snapshot is held open,
+        and the ledger can be written meanwhile: an entry whose state changes
+        before its page is read is seen in its new state.
+        """
+        where = "WHERE namespace = ? AND key > ?" + (" AND state = ?" if state is not None else "")
+        query = f"SELECT {_COLUMNS} FROM entries {where} ORDER BY key LIMIT ?"  # noqa: S608 - fixed clauses
+        last = ""
+        while True:
+            params: list[Any] = [namespace, last]
+            if state is not None:
+                params.append(state.value)
+            rows = list(self._query_rows(query, (*params, page)))
+            if not rows:
+                return
+            last = rows[-1][1]
+            yield from map(_entry, rows)
+
     def get(self, namespace: str, key: str) -> Entry | None:
         """Return the entry for *key*, or None if it was never recorded."""
         rows = list(self._query("WHERE namespace = ? AND key = ?", (namespace, key)))
@@ -167,10 +224,14 @@ class Ledger:
 
     def _query(self, where: str, params: tuple[Any, ...]) -> Iterator[Entry]:
         query = f"SELECT {_COLUMNS} FROM entries {where}"  # noqa: S608 - fixed clauses, bound values
-        with self._lock:
-            rows = self._db.execute(query, params).fetchall()
-        for ns, key, state, attempts, error, detail, created, updated in rows:
-            yield Entry(ns, key, State(state), attempts, error, json.loads(detail or "{}"), created, updated)
+        yield from map(_entry, self._query_rows(query, params))
+
+    def _query_rows(self, query: str, params: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        try:
+            with self._lock:
+                return list(self._db.execute(query, params).fetchall())
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot read progress ledger {self.path}: {exc}") from None
 
     def close(self) -> None:
         with self._lock:

@@ -1,5 +1,89 @@
-"""Console entry point of niffler-png (not implemented yet: issue 5)."""
+"""Console entry point of niffler-png: convert a folder of DICOM to PNGs plus de-identified metadata."""
 
-from niffler.common.cli import not_implemented_command
+from __future__ import annotations
 
-main = not_implemented_command("niffler-png", 5)
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from niffler import __version__
+from niffler.common.cli import fail_cleanly, setup_logging
+from niffler.common.config import load_config, log_config
+from niffler.png_extraction.config import LEVELS, PngConfig
+from niffler.png_extraction.pipeline import run
+from niffler.png_extraction.render import VOI_MODES
+
+__all__ = ["load_png_config", "main"]
+
+#: Exit code when the batch completed but some DICOM files failed to convert.
+EXIT_SOME_FAILED = 2
+
+
+def load_png_config(config_path: Path | None, overrides: dict[str, Any]) -> PngConfig:
+    """Load the config file with CLI overrides; a relative FeaturesetFile follows the file."""
+    config = load_config(PngConfig, [config_path] if config_path else [], overrides)
+    if config_path is not None and not config.FeaturesetFile.is_absolute():
+        config = dataclasses.replace(config, FeaturesetFile=config_path.parent / config.FeaturesetFile)
+    return config
+
+
+@click.command(name="niffler-png")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="JSON config, e.g. configs/png_extraction.json")  # fmt: skip
+@click.option("--dicom-home", type=click.Path(file_okay=False, path_type=Path), help="overrides DICOMHome")
+@click.option(
+    "--output-directory", type=click.Path(file_okay=False, path_type=Path), help="overrides OutputDirectory"
+)
+@click.option("--depth", type=click.IntRange(0), help="overrides Depth (files exactly this deep)")
+@click.option("--use-processes", type=click.IntRange(0), help="overrides UseProcesses (0: every core)")
+@click.option("--flattened-to-level", type=click.Choice(LEVELS), help="overrides FlattenedToLevel")
+@click.option("--16-bit/--8-bit", "is16bit", default=None, help="overrides is16Bit")
+@click.option("--print-images/--no-print-images", default=None, help="overrides PrintImages")
+@click.option("--voi-mode", type=click.Choice(VOI_MODES), help="overrides VOIMode")
+@click.option("--fresh", is_flag=True, help="forget earlier progress and convert everything again")
+@click.option("--retry-failed", is_flag=True, help="convert files that failed in an earlier run again")
+@click.option("--dask-scheduler", metavar="ADDRESS", help="run the conversions on this Dask cluster")
+@click.option("-v", "--verbose", count=True, help="more logging")
+@click.option("-q", "--quiet", count=True, help="less logging")
+@click.version_option(__version__, prog_name="niffler-png")
+@fail_cleanly
+def main(
+    config_path: Path | None,
+    fresh: bool,
+    retry_failed: bool,
+    dask_scheduler: str | None,
+    verbose: int,
+    quiet: int,
+    **options: Any,
+) -> None:
+    """Convert every DICOM file under DICOMHome to PNG, with metadata.csv and mapping.csv.
+
+    Exits 0 when every DICOM file converted, 2 when some failed (see
+    failures.csv), 1 on a configuration or input error.
+    """
+    setup_logging(verbose, quiet)
+    overrides = {
+        "DICOMHome": options["dicom_home"],
+        "OutputDirectory": options["output_directory"],
+        "Depth": options["depth"],
+        "UseProcesses": options["use_processes"],
+        "FlattenedToLevel": options["flattened_to_level"],
+        "is16Bit": options["is16bit"],
+        "PrintImages": options["print_images"],
+        "VOIMode": options["voi_mode"],
+    }
+    config = load_png_config(config_path, overrides)
+    log_config(config)
+    summary = run(config, fresh=fresh, retry_failed=retry_failed, dask_scheduler=dask_scheduler)
+    click.echo(summary.describe(), err=True)
+    click.echo(f"output: {config.OutputDirectory}", err=True)
+    if summary.failed_dicom:
+        click.echo(
+            f"{summary.failed_dicom} DICOM file(s) failed: see failures.csv (it names original files: "
+            "keep it private)",
+            err=True,
+        )
+        sys.exit(EXIT_SOME_FAILED)
