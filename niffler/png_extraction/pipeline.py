@@ -98,6 +98,8 @@ _FIXED_COLUMNS = ("instance_key", "png_paths", "frames")
 _COMMON_SHARE = 0.9
 _MAX_ERROR = 500
 _DISCOVERY_PAGE = 5000
+#: Ledger entries read per query when writing the CSVs (bounds their memory).
+_CSV_PAGE = 500
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,12 @@ class Converter:
 def _read(source: Path) -> pydicom.Dataset:
     """Read a whole file, or raise _Failure saying whether it is not DICOM or is broken."""
     try:
-        return pydicom.dcmread(source)
+        ds = pydicom.dcmread(source)
+        if not len(ds):
+            raise _Failure("unreadable-header", "the file ends before its first data element (truncated?)")
+        return ds
+    except _Failure:
+        raise
     except InvalidDicomError:
         pass  # no DICM preamble: maybe a preamble-less file, decided below
     except Exception as exc:
@@ -536,7 +543,7 @@ def write_outputs(ledger: Ledger, output: Path, headers: HeaderOptions) -> None:
     """Write metadata.csv, mapping.csv and failures.csv from the ledger, a page at a time."""
     counts: Counter[str] = Counter()
     rows = 0
-    for entry in ledger.stream(NAMESPACE, State.DONE):
+    for entry in ledger.stream(NAMESPACE, State.DONE, _CSV_PAGE):
         rows += 1
         counts.update(
             k for k, v in _select(entry.detail.get("row") or {}, headers).items() if v not in (None, "")
@@ -548,20 +555,20 @@ def write_outputs(ledger: Ledger, output: Path, headers: HeaderOptions) -> None:
     with _csv_atomic(output / "metadata.csv") as handle:
         writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore", lineterminator="\n")
         writer.writeheader()
-        for entry in ledger.stream(NAMESPACE, State.DONE):
+        for entry in ledger.stream(NAMESPACE, State.DONE, _CSV_PAGE):
             row = entry.detail.get("row") or {}
             writer.writerow({k: _cell(v) for k, v in row.items() if k in fieldnames})
     with _csv_atomic(output / "mapping.csv") as handle:
         lines = csv.writer(handle, lineterminator="\n")
         lines.writerow(["dicom_path", "png_path", "instance_key"])
-        for entry in ledger.stream(NAMESPACE, State.DONE):
+        for entry in ledger.stream(NAMESPACE, State.DONE, _CSV_PAGE):
             key = (entry.detail.get("row") or {}).get("instance_key", "")
             for png in entry.detail.get("pngs") or [""]:
                 lines.writerow([entry.key, png, key])
     with _csv_atomic(output / "failures.csv") as handle:
         lines = csv.writer(handle, lineterminator="\n")
         lines.writerow(["file", "reason", "error", "copied_to"])
-        for entry in ledger.stream(NAMESPACE, State.FAILED):
+        for entry in ledger.stream(NAMESPACE, State.FAILED, _CSV_PAGE):
             reason = entry.detail.get("reason", "unexpected-error")
             lines.writerow([entry.key, reason, entry.last_error or "", f"{FAILED}/{reason}/{entry.key}"])
 

@@ -157,7 +157,7 @@ def voi(values: np.ndarray, ds: Dataset, options: RenderOptions, frame: int = 0)
         return window(values, options.window_center, options.window_width)
     if "VOILUTSequence" in ds and len(ds.VOILUTSequence):
         bits = int(ds.VOILUTSequence[0].LUTDescriptor[2]) or 16
-        mapped = apply_voi(values, ds, index=0)
+        mapped = apply_voi(np.rint(values).astype(np.int64), ds, index=0)
         return np.asarray(np.clip(mapped / ((1 << bits) - 1), 0.0, 1.0))
     center, width = _dataset_window(ds, frame)
     if center is not None and width is not None and width > 0:

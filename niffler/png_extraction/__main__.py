@@ -1,0 +1,3 @@
+from niffler.png_extraction.cli import main
+
+main()
