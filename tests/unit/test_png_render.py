@@ -163,3 +163,21 @@ def test_options_are_validated() -> None:
         RenderOptions(voi="auto")
     with pytest.raises(ValueError, match="center and a width"):
         RenderOptions(voi="window", window_center=40)
+
+
+@pytest.mark.parametrize("voi_mode", ["dataset", "minmax", "none", "window"])
+@pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
+@pytest.mark.parametrize("signed,slope", [(0, "1"), (1, "0.5"), (1, "-2")])
+def test_lookup_table_path_equals_per_pixel_path(voi_mode: str, photometric: str, signed: int, slope: str) -> None:
+    from niffler.png_extraction import render
+
+    rng = np.random.default_rng(7)
+    dtype = np.int16 if signed else np.uint16
+    pixels = rng.integers(-2048 if signed else 0, 2047, size=(64, 64)).astype(dtype)
+    ds = grey(photometric, signed=signed, RescaleSlope=slope, RescaleIntercept="-100",
+              WindowCenter=["30", "300"], WindowWidth=["350", "1500"])  # fmt: skip
+    options = RenderOptions(voi=voi_mode, bit_depth=16, window_center=-50, window_width=700)
+    assert render._lut_applies(pixels, ds)
+    fast = render_frame(pixels, ds, options)
+    slow = render._grey(pixels, ds, options, 0, photometric)
+    assert fast.dtype == slow.dtype and np.array_equal(fast, slow)
