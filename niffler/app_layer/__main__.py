@@ -1,0 +1,3 @@
+from niffler.app_layer.cli import main
+
+main()

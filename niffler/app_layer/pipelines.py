@@ -1,0 +1,192 @@
+"""MongoDB aggregation pipelines over niffler-meta's series documents, and their results as DataFrames.
+
+Filtering (study dates, modalities, ORIGINAL images, a scanner subset) and
+the per-study grouping run in the database, so what crosses the wire is one
+row per study (or per scanner), not one per series, and memory is bounded by
+the period asked for, not by the store. The pipelines use only stages and
+operators MongoDB has had since 4.x ($match, $project, $group with
+$min/$max/$first/$sum/$addToSet, $concat, $ifNull) and SecantusDB serves.
+
+Acquisition date-times are compared as ``AcquisitionDate + AcquisitionTime``
+strings (``YYYYMMDDHHMMSS.ffffff``), which sort as time does when scanners
+write full ``HHMMSS`` times, as they do.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+from pymongo.collection import Collection
+
+from niffler.app_layer.utilization import parse_acquisition
+from niffler.common.errors import InputError
+
+__all__ = [
+    "clock_pipeline",
+    "fetch_clock_studies",
+    "fetch_scanners",
+    "fetch_studies",
+    "scanners_pipeline",
+    "series_filter",
+    "study_pipeline",
+    "validate_day",
+]
+
+_DAY = re.compile(r"^\d{8}$")
+_ACQ: dict[str, Any] = {
+    "$concat": [{"$ifNull": ["$AcquisitionDate", ""]}, {"$ifNull": ["$AcquisitionTime", ""]}]
+}
+#: What identifies a scanner in the scanners report (InstitutionName only if the policy retains it).
+_IDENTITY = ("DeviceSerialNumber", "StationName", "InstitutionName", "Manufacturer", "ManufacturerModelName",
+             "Modality")  # fmt: skip
+_SCANNER: dict[str, Any] = {"$ifNull": ["$DeviceSerialNumber", {"$ifNull": ["$StationName", "unknown"]}]}
+
+
+def validate_day(text: str, name: str) -> str:
+    """Return a YYYYMMDD day, or raise InputError naming the option."""
+    if not _DAY.match(text or ""):
+        raise InputError(f"{name}: expected a date as YYYYMMDD, got {text!r}")
+    try:
+        datetime.strptime(text, "%Y%m%d")
+    except ValueError:
+        raise InputError(f"{name}: {text!r} is not a calendar date") from None
+    return text
+
+
+def series_filter(
+    date_from: str | None,
+    date_to: str | None,
+    modalities: Sequence[str] = (),
+    scanners: Iterable[str] = (),
+    original_only: bool = False,
+) -> dict[str, Any]:
+    """Return the $match of series documents: study dates, modalities, scanners, ORIGINAL images."""
+    match: dict[str, Any] = {"AcquisitionDate": {"$type": "string"}, "AcquisitionTime": {"$type": "string"}}
+    dates: dict[str, str] = {}
+    if date_from:
+        dates["$gte"] = date_from
+    if date_to:
+        dates["$lte"] = date_to
+    if dates:
+        match["StudyDate"] = dates
+    if modalities:
+        match["Modality"] = {"$in": list(modalities)}
+    wanted = sorted(set(scanners))
+    if wanted:
+        match["DeviceSerialNumber"] = {"$in": wanted}
+    if original_only:
+        match["ImageType"] = "ORIGINAL"  # matches the value or an array holding it
+    return match
+
+
+def study_pipeline(match: dict[str, Any]) -> list[dict[str, Any]]:
+    """Series -> one row per study interval (study, patient, scanner, description, modality)."""
+    return [
+        {"$match": match},
+        {"$group": {
+            "_id": {
+                "study": "$StudyInstanceUID",
+                "patient": "$PatientID",
+                "scanner": _SCANNER,
+                "description": {"$ifNull": ["$StudyDescription", ""]},
+                "modality": "$Modality",
+            },
+            "day": {"$min": "$StudyDate"},
+            "start": {"$min": _ACQ},
+            "end": {"$max": _ACQ},
+            "series": {"$sum": 1},
+        }},
+    ]  # fmt: skip
+
+
+def clock_pipeline(match: dict[str, Any]) -> list[dict[str, Any]]:
+    """Series -> one row per study: its last series' acquisition and that series' first arrival."""
+    return [
+        {"$match": {**match, "received_at.first": {"$type": "date"}}},
+        {"$group": {
+            "_id": "$StudyInstanceUID",
+            "scanner": {"$first": _SCANNER},
+            "manufacturer": {"$first": {"$ifNull": ["$Manufacturer", ""]}},
+            "model": {"$first": {"$ifNull": ["$ManufacturerModelName", ""]}},
+            # Embedded documents compare field by field: the max is the latest acquisition.
+            "last": {"$max": {"acquisition": _ACQ, "received": "$received_at.first"}},
+        }},
+    ]  # fmt: skip
+
+
+def scanners_pipeline(match: dict[str, Any]) -> list[dict[str, Any]]:
+    """Series -> one row per scanner identity, with first and last acquisition and arrival."""
+    return [
+        {"$match": match},
+        {"$group": {
+            "_id": {name: {"$ifNull": [f"${name}", ""]} for name in _IDENTITY},
+            "first_acquisition": {"$min": _ACQ},
+            "last_acquisition": {"$max": _ACQ},
+            "first_received": {"$min": "$received_at.first"},
+            "last_received": {"$max": "$received_at.last"},
+            "series": {"$sum": 1},
+        }},
+    ]  # fmt: skip
+
+
+def fetch_studies(collection: Collection[dict[str, Any]], match: dict[str, Any]) -> pd.DataFrame:
+    """Return the study intervals under *match*, with real start/end Timestamps (bad ones dropped)."""
+    rows = [_flatten(doc) for doc in collection.aggregate(study_pipeline(match), allowDiskUse=True)]
+    columns = ["scanner", "day", "patient", "study", "description", "modality", "start", "end", "series"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(rows)
+    df["start"] = parse_acquisition(df["start"]).to_numpy()
+    df["end"] = parse_acquisition(df["end"]).to_numpy()
+    df = df.dropna(subset=["start", "end"])
+    return df[columns].sort_values(["scanner", "day", "start"], kind="stable").reset_index(drop=True)
+
+
+def fetch_clock_studies(collection: Collection[dict[str, Any]], match: dict[str, Any]) -> pd.DataFrame:
+    """Return per study: scanner, manufacturer, model, acquisition (last series) and received (UTC)."""
+    rows = [
+        {
+            "study": doc["_id"],
+            "scanner": doc.get("scanner"),
+            "manufacturer": doc.get("manufacturer"),
+            "model": doc.get("model"),
+            "acquisition": (doc.get("last") or {}).get("acquisition"),
+            "received": (doc.get("last") or {}).get("received"),
+        }
+        for doc in collection.aggregate(clock_pipeline(match), allowDiskUse=True)
+    ]
+    columns = ["study", "scanner", "manufacturer", "model", "acquisition", "received"]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(rows, columns=columns)
+    df["acquisition"] = parse_acquisition(df["acquisition"]).to_numpy()
+    return df.dropna(subset=["acquisition", "received"]).reset_index(drop=True)
+
+
+def fetch_scanners(collection: Collection[dict[str, Any]], match: dict[str, Any]) -> pd.DataFrame:
+    """Return the unique scanners seen, one row each, sorted by serial number and station."""
+    rows = [_flatten(doc) for doc in collection.aggregate(scanners_pipeline(match), allowDiskUse=True)]
+    columns = [
+        *_IDENTITY,
+        "first_acquisition",
+        "last_acquisition",
+        "first_received",
+        "last_received",
+        "series",
+    ]
+    if not rows:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame(rows, columns=columns)
+    for column in ("first_acquisition", "last_acquisition"):
+        df[column] = parse_acquisition(df[column]).to_numpy()
+    df = df.sort_values(["DeviceSerialNumber", "StationName", "Modality"], kind="stable")
+    return pd.DataFrame(df.reset_index(drop=True))
+
+
+def _flatten(doc: dict[str, Any]) -> dict[str, Any]:
+    """Return a $group result with its compound _id's fields lifted to the top level."""
+    return {**doc["_id"], **{k: v for k, v in doc.items() if k != "_id"}}
