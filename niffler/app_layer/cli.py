@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import pandas as pd
+from pymongo.errors import PyMongoError
 
 from niffler import __version__
 from niffler.app_layer.config import AppConfig
@@ -37,7 +38,9 @@ _TERMINAL_ROWS = 40
 def _store(config: AppConfig) -> Iterator[Store]:
     """Open the store by URI, join the embedded one niffler-meta runs, or open its folder ourselves."""
     uri = resolve_uri(config.MongoURI or None)
-    store = attach_store(uri, database=config.DatabaseName, data_dir=config.EmbeddedStoreFolder)
+    store = open_store(uri, database=config.DatabaseName) if uri else None  # pings: a clear error if down
+    if store is None:
+        store = attach_store(None, database=config.DatabaseName, data_dir=config.EmbeddedStoreFolder)
     if store is None:
         if not config.EmbeddedStoreFolder.is_dir():
             raise StoreUnavailable(
@@ -47,6 +50,8 @@ def _store(config: AppConfig) -> Iterator[Store]:
         store = open_store(None, database=config.DatabaseName, data_dir=config.EmbeddedStoreFolder)
     try:
         yield store
+    except PyMongoError as exc:
+        raise StoreUnavailable(f"the metadata store failed during the report: {type(exc).__name__}") from None
     finally:
         store.close()
 

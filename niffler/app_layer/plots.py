@@ -33,7 +33,7 @@ _OK = "#2ca02c"
 def utilization_figure(days: pd.DataFrame, encounter_table: pd.DataFrame, gaps: pd.DataFrame) -> Figure:
     """One lane per scanner-day: encounters as bars, idle gaps shaded, utilization in the label."""
     lanes = days.sort_values(["day", "scanner"]).reset_index(drop=True)
-    height = max(2.5, 0.55 * len(lanes) + 1.5)
+    height = max(3.0, 0.55 * len(lanes) + 1.8)
     fig, ax = plt.subplots(figsize=(12, height))
     labels = []
     for index, (_, row) in enumerate(lanes.iterrows()):
@@ -72,7 +72,7 @@ def utilization_figure(days: pd.DataFrame, encounter_table: pd.DataFrame, gaps: 
     ax.set_xlim(0, max(24.0, _latest_hour(encounter_table)))
     ax.set_xticks(range(0, int(ax.get_xlim()[1]) + 1, 2))
     ax.set_xlabel("time of day (hours since midnight of the study day)")
-    ax.set_ylabel("scanner (DeviceSerialNumber), day (utilization)")
+    ax.set_ylabel("scanner, day (utilization)")
     ax.set_title("Scanner utilization: encounters and idle gaps")
     ax.grid(axis="x", linestyle=":", alpha=0.6)
     ax.legend(

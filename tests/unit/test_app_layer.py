@@ -18,10 +18,27 @@ def t(text: str) -> pd.Timestamp:
     return pd.Timestamp(datetime.strptime(text, "%Y%m%d %H:%M"))
 
 
-def study(scanner: str, patient: str, name: str, start: str, end: str, series: int = 2, day: str = "20200106",
-          description: str = "") -> dict[str, object]:  # fmt: skip
-    return {"scanner": scanner, "day": day, "patient": patient, "study": name, "description": description,
-            "modality": "CT", "start": t(start), "end": t(end), "series": series}  # fmt: skip
+def study(
+    scanner: str,
+    patient: str,
+    name: str,
+    start: str,
+    end: str,
+    series: int = 2,
+    day: str = "20200106",
+    description: str = "",
+) -> dict[str, object]:
+    return {
+        "scanner": scanner,
+        "day": day,
+        "patient": patient,
+        "study": name,
+        "description": description,
+        "modality": "CT",
+        "start": t(start),
+        "end": t(end),
+        "series": series,
+    }
 
 
 def test_parse_acquisition_handles_fractions_short_times_and_garbage() -> None:
@@ -35,12 +52,16 @@ def test_parse_acquisition_handles_fractions_short_times_and_garbage() -> None:
 
 
 def test_ten_minutes_apart_merge_thirty_do_not() -> None:
-    table = encounters(pd.DataFrame([
-        study("A", "P1", "S1", "20200106 08:00", "20200106 08:10", description="HEAD"),
-        study("A", "P1", "S2", "20200106 08:20", "20200106 08:30", description="CHEST"),
-        study("A", "P2", "S3", "20200106 09:00", "20200106 09:15"),
-        study("A", "P2", "S4", "20200106 09:45", "20200106 10:00"),
-    ]))  # fmt: skip
+    table = encounters(
+        pd.DataFrame(
+            [
+                study("A", "P1", "S1", "20200106 08:00", "20200106 08:10", description="HEAD"),
+                study("A", "P1", "S2", "20200106 08:20", "20200106 08:30", description="CHEST"),
+                study("A", "P2", "S3", "20200106 09:00", "20200106 09:15"),
+                study("A", "P2", "S4", "20200106 09:45", "20200106 10:00"),
+            ]
+        )
+    )
     assert table[["patient", "start", "end", "studies", "series"]].values.tolist() == [
         ["P1", t("20200106 08:00"), t("20200106 08:30"), 2, 4],
         ["P2", t("20200106 09:00"), t("20200106 09:15"), 1, 2],
@@ -52,19 +73,27 @@ def test_ten_minutes_apart_merge_thirty_do_not() -> None:
 
 
 def test_gap_is_configurable_and_exactly_the_gap_does_not_merge() -> None:
-    rows = pd.DataFrame([study("A", "P1", "S1", "20200106 08:00", "20200106 08:10"),
-                         study("A", "P1", "S2", "20200106 08:30", "20200106 08:40")])  # fmt: skip
+    rows = pd.DataFrame(
+        [
+            study("A", "P1", "S1", "20200106 08:00", "20200106 08:10"),
+            study("A", "P1", "S2", "20200106 08:30", "20200106 08:40"),
+        ]
+    )
     assert len(encounters(rows, gap_minutes=20)) == 2
     assert len(encounters(rows, gap_minutes=21)) == 1
 
 
 def test_overlapping_encounters_of_different_patients_count_once() -> None:
-    table = encounters(pd.DataFrame([
-        study("A", "P1", "S1", "20200106 08:00", "20200106 08:30"),
-        study("A", "P2", "S3", "20200106 09:00", "20200106 09:15"),
-        study("A", "P3", "S5", "20200106 09:05", "20200106 09:20"),
-        study("A", "P2", "S4", "20200106 09:45", "20200106 10:00"),
-    ]))  # fmt: skip
+    table = encounters(
+        pd.DataFrame(
+            [
+                study("A", "P1", "S1", "20200106 08:00", "20200106 08:30"),
+                study("A", "P2", "S3", "20200106 09:00", "20200106 09:15"),
+                study("A", "P3", "S5", "20200106 09:05", "20200106 09:20"),
+                study("A", "P2", "S4", "20200106 09:45", "20200106 10:00"),
+            ]
+        )
+    )
     day = scanner_days(table).iloc[0]
     # busy: 08:00-08:30, 09:00-09:20, 09:45-10:00 = 65 of the 120 minutes from 08:00 to 10:00
     assert (day["busy_min"], day["span_min"], day["idle_min"]) == (65, 120, 55)
@@ -76,18 +105,26 @@ def test_overlapping_encounters_of_different_patients_count_once() -> None:
 
 
 def test_full_overlap_never_exceeds_100_percent() -> None:
-    table = encounters(pd.DataFrame([
-        study("A", "P1", "S1", "20200106 08:00", "20200106 09:00"),
-        study("A", "P2", "S2", "20200106 08:00", "20200106 09:00"),
-    ]))  # fmt: skip
+    table = encounters(
+        pd.DataFrame(
+            [
+                study("A", "P1", "S1", "20200106 08:00", "20200106 09:00"),
+                study("A", "P2", "S2", "20200106 08:00", "20200106 09:00"),
+            ]
+        )
+    )
     assert scanner_days(table).iloc[0]["utilization_pct"] == 100.0
 
 
 def test_acquisition_past_midnight_stays_on_its_study_day() -> None:
-    table = encounters(pd.DataFrame([
-        study("B", "P1", "S1", "20200106 23:00", "20200106 23:30"),
-        study("B", "P2", "S2", "20200106 23:50", "20200107 00:10"),
-    ]))  # fmt: skip
+    table = encounters(
+        pd.DataFrame(
+            [
+                study("B", "P1", "S1", "20200106 23:00", "20200106 23:30"),
+                study("B", "P2", "S2", "20200106 23:50", "20200107 00:10"),
+            ]
+        )
+    )
     day = scanner_days(table).iloc[0]
     assert day["day"] == "20200106"
     assert (day["busy_min"], day["span_min"]) == (50, 70)
@@ -107,8 +144,16 @@ def test_skew_uses_the_site_zone_and_flags_by_median() -> None:
     for i, minutes in enumerate([2, 3, 2, 1800]):  # one re-send days later must not flag it
         acquisition = pd.Timestamp(f"2020-01-0{i + 1} 10:00")
         received = acquisition + pd.Timedelta(hours=5, minutes=minutes)  # local -> UTC, plus the delay
-        rows.append({"study": f"H{i}", "scanner": "HEALTHY", "manufacturer": "ACME", "model": "X",
-                     "acquisition": acquisition, "received": received.to_pydatetime()})  # fmt: skip
+        rows.append(
+            {
+                "study": f"H{i}",
+                "scanner": "HEALTHY",
+                "manufacturer": "ACME",
+                "model": "X",
+                "acquisition": acquisition,
+                "received": received.to_pydatetime(),
+            }
+        )
     for i in range(3):
         acquisition = pd.Timestamp(f"2020-01-0{i + 1} 10:00")
         rows.append(

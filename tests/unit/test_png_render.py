@@ -168,7 +168,9 @@ def test_options_are_validated() -> None:
 @pytest.mark.parametrize("voi_mode", ["dataset", "minmax", "none", "window"])
 @pytest.mark.parametrize("photometric", ["MONOCHROME1", "MONOCHROME2"])
 @pytest.mark.parametrize("signed,slope", [(0, "1"), (1, "0.5"), (1, "-2")])
-def test_lookup_table_path_equals_per_pixel_path(voi_mode: str, photometric: str, signed: int, slope: str) -> None:
+def test_lookup_table_path_equals_per_pixel_path(
+    voi_mode: str, photometric: str, signed: int, slope: str
+) -> None:
     from niffler.png_extraction import render
 
     rng = np.random.default_rng(7)
