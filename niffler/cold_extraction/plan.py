@@ -1,0 +1,220 @@
+"""Query planning: CSV rows -> C-FIND identifiers, as pure functions.
+
+Two CSV forms are read, every cell as text (leading zeros kept, no type
+inference):
+
+- **modern**: the header row names the DICOM keywords to match on, any
+  number of them, plus ``StudyMonth`` (``YYYYMM``: the whole month);
+- **legacy** (upstream's): when the header does not name keywords, the
+  columns are picked by ``FirstAttr``/``FirstIndex``... and
+  ``NumberOfQueryAttributes``, and the first row is a header.
+
+StudyDate cells are parsed with ``DateFormat`` and sent as ``YYYYMMDD``; a
+range ``A-B`` (each side in DateFormat) is sent as a DICOM range; a
+StudyMonth is sent as its date range (``20200101-20200131``), one query,
+not 31. With ``LongAccession``, accessions longer than 16 characters whose
+characters 8-11 (1-based) are a 4-digit year lose characters 8-9 (the
+century), as upstream did. A C-FIND wildcard (``*`` or ``?``) or a
+backslash in a cell is refused: a hostile or careless cell must not turn
+one row into "every study". Bad rows come back as :class:`RowError` with
+their line number; the run reports and skips them.
+"""
+
+from __future__ import annotations
+
+import calendar
+import csv
+import json
+import re
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta
+from pathlib import Path
+
+from pydicom.datadict import dictionary_VR, tag_for_keyword
+
+from niffler.cold_extraction.config import ColdConfig
+from niffler.common.errors import InputError
+
+__all__ = [
+    "Query",
+    "RowError",
+    "in_window",
+    "month_range",
+    "normalize_accession",
+    "parse_date",
+    "plan_rows",
+    "read_plan",
+    "seconds_until_window",
+]
+
+STUDY_MONTH = "StudyMonth"
+_WILDCARDS = re.compile(r"[*?\\]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_YEAR = re.compile(r"^(19|20)\d\d$")
+
+
+@dataclass(frozen=True)
+class Query:
+    """One CSV row, planned: the identifiers to match and how to retrieve them."""
+
+    line: int
+    identifiers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def level(self) -> str:
+        """PATIENT (move all of a patient), STUDY (move one study), or FIND (C-FIND resolves studies)."""
+        keys = set(self.identifiers)
+        if keys == {"PatientID"}:
+            return "PATIENT"
+        if keys == {"PatientID", "StudyInstanceUID"} or keys == {"StudyInstanceUID"}:
+            return "STUDY"
+        return "FIND"
+
+    @property
+    def key(self) -> str:
+        """The ledger key: the identifiers, so a reordered CSV does not fetch a row twice."""
+        return json.dumps(self.identifiers, sort_keys=True, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class RowError:
+    """A row that can not be planned: its line number and why (no cell values: they may be PHI)."""
+
+    line: int
+    message: str
+
+
+def parse_date(text: str, date_format: str = "%Y%m%d") -> str:
+    """Return a date cell as ``YYYYMMDD``, or a range ``A-B`` as ``YYYYMMDD-YYYYMMDD``; raise ValueError."""
+    text = text.strip()
+    parts = [text]
+    if "-" in text and "-" not in datetime(2000, 1, 2).strftime(date_format):
+        parts = [p.strip() for p in text.split("-", 1)]
+    days = [datetime.strptime(p, date_format).strftime("%Y%m%d") if p else "" for p in parts]
+    if len(days) == 2:
+        if days[0] and days[1] and days[0] > days[1]:
+            raise ValueError(f"date range ends before it starts ({days[0]} > {days[1]})")
+        return f"{days[0]}-{days[1]}"
+    return days[0]
+
+
+def month_range(text: str) -> str:
+    """Return a StudyMonth (``YYYYMM`` or ``YYYY-MM``) as the DICOM range of its days; raise ValueError."""
+    cleaned = text.strip().replace("-", "").replace("/", "")
+    if not re.fullmatch(r"\d{6}", cleaned):
+        raise ValueError(f"StudyMonth must be YYYYMM, got {text.strip()!r}")
+    year, month = int(cleaned[:4]), int(cleaned[4:])
+    if not 1 <= month <= 12:
+        raise ValueError(f"StudyMonth has no month {month}")
+    last = calendar.monthrange(year, month)[1]
+    return f"{year:04d}{month:02d}01-{year:04d}{month:02d}{last:02d}"
+
+
+def normalize_accession(value: str, long_accession: bool) -> str:
+    """Apply upstream's LongAccession rule: drop the century of a 4-digit year in a long accession."""
+    value = value.strip()
+    if long_accession and len(value) > 16 and _YEAR.match(value[7:11]):
+        return value[:7] + value[9:]
+    return value
+
+
+def _check_value(keyword: str, value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError(f"{keyword} holds a control character")
+    if _WILDCARDS.search(value):
+        raise ValueError(f"{keyword} holds a wildcard or backslash; Niffler matches values exactly")
+    return value
+
+
+def _columns_from_header(header: Sequence[str]) -> list[str] | None:
+    names = [h.strip().lstrip("\ufeff") for h in header]
+    if names and all(n == STUDY_MONTH or tag_for_keyword(n) is not None for n in names if n):
+        return names
+    return None
+
+
+def plan_rows(rows: Iterable[Sequence[str]], config: ColdConfig) -> Iterator[Query | RowError]:
+    """Plan every data row of a CSV (the first row is the header); yield a Query or a RowError per row."""
+    iterator = iter(enumerate(rows, start=1))
+    first = next(iterator, None)
+    if first is None:
+        return
+    columns = _columns_from_header(first[1])
+    if columns is None:
+        attrs = [config.FirstAttr, config.SecondAttr, config.ThirdAttr][: config.NumberOfQueryAttributes]
+        indexes = [config.FirstIndex, config.SecondIndex, config.ThirdIndex][: config.NumberOfQueryAttributes]
+        picks = list(zip(attrs, indexes, strict=True))
+    else:
+        picks = [(name, i) for i, name in enumerate(columns) if name]
+    for line, row in iterator:
+        if not any(cell.strip() for cell in row):
+            yield RowError(line, "blank row")
+            continue
+        try:
+            yield Query(line, _identifiers(row, picks, config))
+        except ValueError as exc:
+            yield RowError(line, str(exc))
+
+
+def _identifiers(row: Sequence[str], picks: list[tuple[str, int]], config: ColdConfig) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for keyword, index in picks:
+        if index >= len(row):
+            raise ValueError(f"has {len(row)} column(s); {keyword} is expected in column {index + 1}")
+        value = _check_value(keyword, row[index].strip())
+        if not value:
+            continue
+        if keyword == STUDY_MONTH:
+            if "StudyDate" in out:
+                raise ValueError("gives both StudyDate and StudyMonth")
+            out["StudyDate"] = month_range(value)
+        elif keyword == "StudyDate" or dictionary_VR(keyword) == "DA":
+            if keyword in out:
+                raise ValueError("gives both StudyDate and StudyMonth")
+            try:
+                out[keyword] = parse_date(value, config.DateFormat)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{keyword} does not match DateFormat {config.DateFormat!r} ({exc})"
+                ) from None
+        elif keyword == "AccessionNumber":
+            out[keyword] = normalize_accession(value, config.LongAccession)
+        else:
+            out[keyword] = value
+    if not out:
+        raise ValueError("names no value to match on")
+    return out
+
+
+def read_plan(path: Path, config: ColdConfig) -> Iterator[Query | RowError]:
+    """Plan a CSV file; raise InputError if it can not be read at all."""
+    if not path.is_file():
+        raise InputError(f"the CSV {path} does not exist or is not a file")
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
+            yield from plan_rows(csv.reader(handle), config)
+    except OSError as exc:
+        raise InputError(f"cannot read the CSV {path}: {exc.strerror}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not a readable CSV ({exc})") from None
+
+
+def in_window(now: datetime, start_hour: int, end_hour: int) -> bool:
+    """Whether *now* is inside the nightly window [start_hour, end_hour), which may cross midnight."""
+    hour = now.hour
+    if start_hour == end_hour:
+        return True
+    if start_hour < end_hour:
+        return start_hour <= hour < end_hour
+    return hour >= start_hour or hour < end_hour
+
+
+def seconds_until_window(now: datetime, start_hour: int, end_hour: int) -> float:
+    """Seconds from *now* until the window next opens (0 inside it)."""
+    if in_window(now, start_hour, end_hour):
+        return 0.0
+    opens = datetime.combine(now.date(), time(start_hour), tzinfo=now.tzinfo)
+    if opens <= now:
+        opens += timedelta(days=1)
+    return (opens - now).total_seconds()
