@@ -469,7 +469,7 @@ def run_batch(
                     before, handled = handled, handled + len(results)
                     progress.update(len(results))
                     if checkpoint and before // checkpoint != handled // checkpoint and handled < pending:
-                        write_outputs(ledger, output, headers)
+                        write_outputs(ledger, output, headers, converter.dicom_home)
                     if progress.disable and time.monotonic() >= next_log:
                         log.info("%d of %d file(s) handled", handled, pending)
                         next_log = time.monotonic() + 30
@@ -477,7 +477,7 @@ def run_batch(
             progress.close()
             for future in in_flight:
                 future.cancel()
-        write_outputs(ledger, output, headers)
+        write_outputs(ledger, output, headers, converter.dicom_home)
     summary.seconds = time.monotonic() - started
     return summary
 
@@ -539,8 +539,18 @@ def _is_private(key: str) -> bool:
     return tag is not None and bool((tag >> 16) & 1)
 
 
-def write_outputs(ledger: Ledger, output: Path, headers: HeaderOptions) -> None:
-    """Write metadata.csv, mapping.csv and failures.csv from the ledger, a page at a time."""
+def write_outputs(
+    ledger: Ledger, output: Path, headers: HeaderOptions, dicom_home: Path | None = None
+) -> None:
+    """Write metadata.csv, mapping.csv and failures.csv from the ledger, a page at a time.
+
+    mapping.csv and failures.csv name the original files by their full path
+    (under *dicom_home* when given, else relative to it).
+    """
+
+    def original(key: str) -> str:
+        return str(dicom_home / key) if dicom_home is not None else key
+
     counts: Counter[str] = Counter()
     rows = 0
     for entry in ledger.stream(NAMESPACE, State.DONE, _CSV_PAGE):
@@ -564,13 +574,15 @@ def write_outputs(ledger: Ledger, output: Path, headers: HeaderOptions) -> None:
         for entry in ledger.stream(NAMESPACE, State.DONE, _CSV_PAGE):
             key = (entry.detail.get("row") or {}).get("instance_key", "")
             for png in entry.detail.get("pngs") or [""]:
-                lines.writerow([entry.key, png, key])
+                lines.writerow([original(entry.key), png, key])
     with _csv_atomic(output / "failures.csv") as handle:
         lines = csv.writer(handle, lineterminator="\n")
         lines.writerow(["file", "reason", "error", "copied_to"])
         for entry in ledger.stream(NAMESPACE, State.FAILED, _CSV_PAGE):
             reason = entry.detail.get("reason", "unexpected-error")
-            lines.writerow([entry.key, reason, entry.last_error or "", f"{FAILED}/{reason}/{entry.key}"])
+            lines.writerow(
+                [original(entry.key), reason, entry.last_error or "", f"{FAILED}/{reason}/{entry.key}"]
+            )
 
 
 @contextmanager

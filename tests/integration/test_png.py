@@ -176,7 +176,8 @@ def test_no_phi_in_metadata_png_paths_or_logs(tmp_path: Path) -> None:
         )
     # The pseudonymous PatientID in metadata.csv is the patient folder's name: users can join on it.
     assert {r["png_paths"].split("/")[1] for r in rows} == {r["PatientID"] for r in rows}
-    # mapping.csv is the only link back; it names the originals.
+    # mapping.csv is the only link back; it names the originals by their full path.
+    assert all(Path(r["dicom_path"]).is_file() for r in read_csv(out / "mapping.csv"))
     assert {Path(r["dicom_path"]).name for r in read_csv(out / "mapping.csv")} == {
         i.path.name for i in manifest
     }
@@ -205,7 +206,7 @@ def test_broken_files_are_categorised_and_the_batch_completes(tmp_path: Path) ->
     write_broken_corpus(home, [i.path for i in manifest])
     out = tmp_path / "out"
     proc = cli("--dicom-home", home, "--output-directory", out, check_rc=2)
-    failures = {r["file"]: r["reason"] for r in read_csv(out / "failures.csv")}
+    failures = {Path(r["file"]).name: r["reason"] for r in read_csv(out / "failures.csv")}
     assert failures == {
         "truncated.dcm": "decode-error",
         "truncated_header.dcm": "unreadable-header",
