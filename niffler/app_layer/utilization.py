@@ -55,6 +55,16 @@ def parse_acquisition(stamps: Iterable[str | None]) -> pd.Series:
     return pd.Series(parsed.to_numpy(), index=range(len(text)), name="acquisition")
 
 
+def _idle_before(df: pd.DataFrame, keys: list[str]) -> pd.Series:
+    """For rows sorted by *keys* then start: time from the latest end so far in the group to the row's start.
+
+    NaT for each group's first row; negative when the row overlaps what came before.
+    """
+    reach = df.groupby(keys, sort=False)["end"].cummax()
+    previous = reach.groupby([df[k] for k in keys], sort=False).shift(1)
+    return df["start"] - previous
+
+
 def encounters(studies: pd.DataFrame, gap_minutes: float = 20.0) -> pd.DataFrame:
     """Merge studies into encounters per (scanner, day, patient).
 
@@ -81,12 +91,10 @@ def encounters(studies: pd.DataFrame, gap_minutes: float = 20.0) -> pd.DataFrame
         drop=True
     )
     group = ["scanner", "day", "patient"]
-    # The latest end so far within the group, before this study: a new encounter starts when the
-    # study begins at least gap_minutes after it (or it is the group's first study).
-    reach = df.groupby(group, sort=False)["end"].cummax()
-    previous = reach.groupby([df[g] for g in group], sort=False).shift(1)
-    gap = pd.Timedelta(minutes=gap_minutes)
-    new = previous.isna() | (df["start"] - previous >= gap)
+    # A new encounter starts with the group's first study, or a study beginning at least
+    # gap_minutes after the latest end so far.
+    idle = _idle_before(df, group)
+    new = idle.isna() | (idle >= pd.Timedelta(minutes=gap_minutes))
     df["_enc"] = new.cumsum()
     described = df["description"].fillna("").astype(str)
     df["_desc"] = described
@@ -112,9 +120,8 @@ def union_blocks(intervals: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     if intervals.empty:
         return pd.DataFrame(columns=[*keys, "start", "end"])
     df = intervals.sort_values([*keys, "start", "end"], kind="stable").reset_index(drop=True)
-    reach = df.groupby(keys, sort=False)["end"].cummax()
-    previous = reach.groupby([df[k] for k in keys], sort=False).shift(1)
-    df["_block"] = (previous.isna() | (df["start"] > previous)).cumsum()
+    idle = _idle_before(df, keys)
+    df["_block"] = (idle.isna() | (idle > pd.Timedelta(0))).cumsum()
     blocks = df.groupby("_block", sort=False).agg(
         **{k: (k, "first") for k in keys}, start=("start", "min"), end=("end", "max")
     )

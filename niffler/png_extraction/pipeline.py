@@ -45,7 +45,6 @@ from typing import Any, Protocol
 
 import numpy as np
 import pydicom
-from pydicom.datadict import tag_for_keyword
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import iter_pixels
 from tqdm import tqdm
@@ -193,8 +192,6 @@ class Converter:
                 name = f"{folder}/{key}.png" if frames == 1 else f"{folder}/{key}_{index + 1:04d}.png"
                 _write_atomic(self.output / name, encode_png(image))
                 names.append(name)
-        except _Failure:
-            raise
         except UnsupportedImage as exc:
             raise _Failure("unsupported-photometric", str(exc)) from exc
         except OSError as exc:
@@ -246,7 +243,7 @@ def _frames(ds: pydicom.Dataset, frames: int) -> Iterator[np.ndarray]:
             yield pixels[0] if pixels.ndim == 3 and ds.get("SamplesPerPixel", 1) == 1 else pixels
             return
         yield from iter_pixels(ds)
-    except (UnsupportedImage, OSError):
+    except OSError:
         raise
     except Exception as exc:
         raise _Failure("decode-error", _describe(exc)) from exc
@@ -507,13 +504,8 @@ def _record(ledger: Ledger, results: list[FileResult], summary: BatchSummary) ->
 
 
 def _column_order(key: str) -> tuple[int, str]:
-    head = key.split("_", 1)[0]
-    tag = tag_for_keyword(head)
-    if tag is None and len(head) == 8:
-        try:
-            tag = int(head, 16)
-        except ValueError:
-            tag = None
+    """Sort key of a metadata column: the tag of its top-level attribute, then the name."""
+    tag = tag_of_key(key.split("_", 1)[0])
     return (tag if tag is not None else 0xFFFFFFFF, key)
 
 
@@ -562,19 +554,21 @@ def write_outputs(
     if headers.common_only:
         columns = [c for c in columns if counts[c] >= _COMMON_SHARE * rows]
     fieldnames = [*_FIXED_COLUMNS, *sorted(columns, key=_column_order)]
-    with _csv_atomic(output / "metadata.csv") as handle:
-        writer = csv.DictWriter(handle, fieldnames=fieldnames, extrasaction="ignore", lineterminator="\n")
+    wanted = set(fieldnames)
+    # One pass over the ledger writes both files: each entry's JSON is decoded once.
+    with (
+        _csv_atomic(output / "metadata.csv") as meta_handle,
+        _csv_atomic(output / "mapping.csv") as map_handle,
+    ):
+        writer = csv.DictWriter(meta_handle, fieldnames=fieldnames, lineterminator="\n")
         writer.writeheader()
-        for entry in ledger.stream(NAMESPACE, State.DONE, _CSV_PAGE):
-            row = entry.detail.get("row") or {}
-            writer.writerow({k: _cell(v) for k, v in row.items() if k in fieldnames})
-    with _csv_atomic(output / "mapping.csv") as handle:
-        lines = csv.writer(handle, lineterminator="\n")
+        lines = csv.writer(map_handle, lineterminator="\n")
         lines.writerow(["dicom_path", "png_path", "instance_key"])
         for entry in ledger.stream(NAMESPACE, State.DONE, _CSV_PAGE):
-            key = (entry.detail.get("row") or {}).get("instance_key", "")
+            row = entry.detail.get("row") or {}
+            writer.writerow({k: _cell(v) for k, v in row.items() if k in wanted})
             for png in entry.detail.get("pngs") or [""]:
-                lines.writerow([original(entry.key), png, key])
+                lines.writerow([original(entry.key), png, row.get("instance_key", "")])
     with _csv_atomic(output / "failures.csv") as handle:
         lines = csv.writer(handle, lineterminator="\n")
         lines.writerow(["file", "reason", "error", "copied_to"])

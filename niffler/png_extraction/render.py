@@ -112,9 +112,9 @@ def stored_range(ds: Dataset) -> tuple[float, float]:
         low, high = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
     else:
         low, high = 0, (1 << bits) - 1
-    ends = modality_lut(np.array([low, high]), ds) if "ModalityLUTSequence" not in ds else None
-    if ends is None:
+    if "ModalityLUTSequence" in ds:
         return float(low), float(high)
+    ends = modality_lut(np.array([low, high]), ds)
     return float(ends.min()), float(ends.max())
 
 
