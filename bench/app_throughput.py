@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from benchlib import run_measuring_rss
 from pymongo import MongoClient
 
 from niffler.app_layer.reports import clock_report, ensure_indexes, utilization_report
@@ -35,11 +35,6 @@ from niffler.testing.peers import SecantusServer
 DATABASE = "ScannersInfo"
 SCANNERS = 20
 SERIES_PER_STUDY = 4
-_MEASURE = (
-    "import resource, subprocess, sys; "
-    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
-)
 
 
 def documents(total: int, seed: int = 0) -> Any:
@@ -118,10 +113,7 @@ def peak_rss_mb(uri: str, work: Path, *args: str) -> int:
         "-q",
         *args,
     ]
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=work)
-    if proc.returncode != 0:
-        raise SystemExit(proc.stderr[-2000:])
-    return int(proc.stdout.split()[-1]) // 1024
+    return run_measuring_rss(cmd, cwd=work)[1]
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -63,3 +65,22 @@ def report(times: dict[str, list[float]], files: int, total_mb: float, peer: str
     ratio = medians[peer] / medians[ours]
     print(f"\nratio {ours} / {peer} throughput: {ratio:.2f}x (goal >= 0.5x)")
     return ratio
+
+
+# Runs the command given in argv, its output discarded, and prints the peak RSS (KiB) of the
+# largest process it waited for (the command or one of its workers).
+_MEASURE = (
+    "import resource, subprocess, sys; "
+    "rc = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL).returncode; "
+    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
+)
+
+
+def run_measuring_rss(cmd: list[str], cwd: Path | None = None) -> tuple[float, int]:
+    """Run *cmd*; return (seconds, peak RSS in MB of its largest process); exit with stderr on failure."""
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, cwd=cwd)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:3])} failed: {proc.stderr[-2000:]}")
+    return elapsed, int(proc.stdout.split()[-1]) // 1024

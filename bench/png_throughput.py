@@ -24,16 +24,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchlib import corpus_arguments, make_corpus
+from benchlib import corpus_arguments, make_corpus, run_measuring_rss
 
 from niffler.common.deid import KEY_ENV
 
 UPSTREAM_FILES_PER_S = 18.0
 GOAL_FILES_PER_S = 150.0  # the issue: 8x upstream, "that is, 150 files/s or more"
-_MEASURE = (
-    "import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
-    "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss); sys.exit(rc)"
-)
 
 
 def run_niffler(home: Path, out: Path) -> tuple[float, int]:
@@ -41,12 +37,7 @@ def run_niffler(home: Path, out: Path) -> tuple[float, int]:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "niffler.png_extraction", "--dicom-home", str(home),
            "--output-directory", str(out), "--16-bit", "-q"]  # fmt: skip
-    start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-c", _MEASURE, *cmd], capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
-    if proc.returncode != 0:
-        raise SystemExit(f"niffler-png failed: {proc.stderr[-2000:]}")
-    return elapsed, int(proc.stdout.split()[-1]) // 1024
+    return run_measuring_rss(cmd)
 
 
 def run_dcm2pnm(files: list[Path], out: Path) -> float:
