@@ -23,22 +23,14 @@ from pathlib import Path
 from benchlib import corpus_arguments, count_files, make_corpus, report, run_dcmtk_scp, send
 
 from niffler.common.deid import KEY_ENV
-from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.service import open_service
-from niffler.testing.peers import SecantusServer, free_port
-
-FEATURESETS = Path(__file__).resolve().parents[1] / "configs" / "featuresets"
+from niffler.testing.peers import SecantusServer
+from niffler.testing.receiver import loopback_meta_config
 
 
 def run_meta(work: Path, corpus_dir: Path, mongo_uri: str, database: str, lags: list[float]) -> float:
-    config = MetaConfig(
-        QueryAet=f"NIFFLER:{free_port()}",
-        BindAddress="127.0.0.1",
-        StorageFolder=work / "meta-out",
-        StateFolder=work / "meta-state",
-        FeaturesetFolder=FEATURESETS,
-        MongoURI=mongo_uri,
-        DatabaseName=database,
+    config = loopback_meta_config(
+        work / "meta-out", work / "meta-state", MongoURI=mongo_uri, DatabaseName=database
     )
     service = open_service(config).start()
     try:

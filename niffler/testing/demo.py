@@ -16,14 +16,12 @@ import shutil
 import sys
 from pathlib import Path
 
-from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.service import open_service
 from niffler.testing.corpus import CorpusSpec, Scanner, generate_corpus
 from niffler.testing.peers import OrthancPACS, free_port
+from niffler.testing.receiver import loopback_meta_config
 
 log = logging.getLogger(__name__)
-
-FEATURESETS = Path(__file__).resolve().parents[2] / "configs" / "featuresets"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,13 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     scanners = (Scanner(), Scanner(serial="SN0002", station="MR01", modality="MR", model="Magnet 3T"))
     corpus = generate_corpus(work / "synthetic-corpus", CorpusSpec(patients=3, scanners=scanners))
     port = free_port()
-    config = MetaConfig(
-        QueryAet=f"NIFFLER:{port}",
-        BindAddress="127.0.0.1",
-        StorageFolder=work / "received",
-        StateFolder=work / "state",
-        FeaturesetFolder=FEATURESETS,
-    )
+    config = loopback_meta_config(work / "received", work / "state", port=port)
     service = open_service(config).start()
     try:
         with OrthancPACS(work / "pacs", modalities={"niffler": ("NIFFLER", "127.0.0.1", port)}) as pacs:

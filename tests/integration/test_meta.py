@@ -25,10 +25,9 @@ from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.service import MetaService, open_service
 from niffler.testing.corpus import CorpusSpec, Instance, Scanner, generate_corpus
 from niffler.testing.peers import SecantusServer, free_port, run_dcmtk, storescu, wait_for_port
+from niffler.testing.receiver import FEATURESETS
 
 LOOPBACK = "127.0.0.1"
-REPO = Path(__file__).resolve().parents[2]
-FEATURESETS = REPO / "configs" / "featuresets"
 SECRET = "integration-test-secret-0123456789"
 COMPRESSED = [
     "MR_small_jp2klossless.dcm",

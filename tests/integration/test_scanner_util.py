@@ -14,12 +14,11 @@ import pytest
 from pymongo import MongoClient
 
 from niffler.common.deid import KEY_ENV
-from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.service import open_service
 from niffler.testing.corpus import CorpusSpec, Scanner, generate_corpus
 from niffler.testing.peers import SecantusServer, free_port, storescu
+from niffler.testing.receiver import loopback_meta_config
 
-FEATURESETS = Path(__file__).resolve().parents[2] / "configs" / "featuresets"
 NEW_YORK_WINTER = timezone(timedelta(hours=-5))
 
 
@@ -259,14 +258,8 @@ def test_a_streamed_day_gives_the_utilization_the_generator_implies(
         series_spacing_minutes=5,
     )
     generate_corpus(tmp_path / "corpus", spec)
-    config = MetaConfig(
-        QueryAet=f"NIFFLER:{free_port()}",
-        BindAddress="127.0.0.1",
-        StorageFolder=tmp_path / "store",
-        StateFolder=tmp_path / "state",
-        FeaturesetFolder=FEATURESETS,
-        MongoURI=secantus.uri,
-        DatabaseName=mongo_db_name,
+    config = loopback_meta_config(
+        tmp_path / "store", tmp_path / "state", MongoURI=secantus.uri, DatabaseName=mongo_db_name
     )
     service = open_service(config).start()
     try:
