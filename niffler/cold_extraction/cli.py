@@ -1,5 +1,115 @@
-"""Console entry point of niffler-cold (not implemented yet: issue 7)."""
+"""Console entry point of niffler-cold: retrieve the studies a CSV names from the PACS."""
 
-from niffler.common.cli import not_implemented_command
+from __future__ import annotations
 
-main = not_implemented_command("niffler-cold", 7)
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from niffler import __version__
+from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, ColdConfig
+from niffler.cold_extraction.retrieve import echo
+from niffler.cold_extraction.run import ColdRun, planned_queries
+from niffler.common.cli import fail_cleanly, setup_logging
+from niffler.common.config import load_config, log_config
+from niffler.common.dicomnet import AEAddress
+from niffler.common.errors import ConfigError, InputError
+
+__all__ = ["load_cold_config", "main"]
+
+#: Exit code when the run finished but some rows failed or were invalid.
+EXIT_ROWS_FAILED = 2
+
+
+def load_cold_config(config_paths: tuple[Path, ...], overrides: dict[str, Any]) -> ColdConfig:
+    """Load config.json (+ system.json, named by NifflerSystem or given twice) with CLI overrides."""
+    config = load_config(ColdConfig, list(config_paths), overrides)
+    if overrides.get("Mode") in ("move", "get") and config.FilePath in QUERY_ONLY_MODES:
+        raise ConfigError(
+            f"--mode {overrides['Mode']} needs a FilePath template, but FilePath is {config.FilePath!r}"
+        )
+    return config
+
+
+@click.group(name="niffler-cold", invoke_without_command=True)
+@click.option("--config", "config_paths", multiple=True,
+              type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="JSON config (repeat for upstream's config.json + system.json)")  # fmt: skip
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False, path_type=Path), help="overrides CsvFile")
+@click.option(
+    "--storage-folder", type=click.Path(file_okay=False, path_type=Path), help="overrides StorageFolder"
+)
+@click.option("--mode", type=click.Choice(MODES), help="overrides Mode (and a CFIND-* FilePath)")
+@click.option("--src-aet", help="the PACS as AET@host:port (overrides SrcAet)")
+@click.option("--query-aet", help="our AE title and listening port as AET:port (overrides QueryAet)")
+@click.option("--dest-aet", help="an external C-MOVE destination AE title (overrides DestAet)")
+@click.option("--workers", type=click.IntRange(1, 64), help="concurrent associations (MaxNifflerProcesses)")
+@click.option("--dry-run", is_flag=True, help="print the planned queries and exit; nothing is sent")
+@click.option("--fresh", is_flag=True, help="forget earlier progress and serve every row again")
+@click.option("-v", "--verbose", count=True, help="more logging (-vv: DICOM traffic too)")
+@click.option("-q", "--quiet", count=True, help="less logging")
+@click.version_option(__version__, prog_name="niffler-cold")
+@click.pass_context
+@fail_cleanly
+def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> None:
+    """Retrieve every study the CSV names from the PACS (C-FIND, then C-MOVE or C-GET).
+
+    Re-running the same command resumes: rows already retrieved are skipped.
+    Writes retrieval-report.csv into the storage folder. Exits 0 when every
+    row was served, 2 when some rows failed or were invalid, 1 on errors,
+    130 when interrupted. `niffler-cold echo` tests the connection.
+    """
+    setup_logging(verbose, quiet)
+    overrides = {
+        "CsvFile": str(options["csv_path"]) if options["csv_path"] else None,
+        "StorageFolder": options["storage_folder"],
+        "Mode": options["mode"],
+        "SrcAet": options["src_aet"],
+        "QueryAet": options["query_aet"],
+        "DestAet": options["dest_aet"],
+        "MaxNifflerProcesses": options["workers"],
+    }
+    config = load_cold_config(options["config_paths"], overrides)
+    ctx.obj = config
+    if ctx.invoked_subcommand is not None:
+        return
+    if not config.CsvFile:
+        raise InputError("no CSV given: pass --csv FILE or set CsvFile")
+    csv_path = Path(config.CsvFile)
+    if options["dry_run"]:
+        _dry_run(config, csv_path)
+        return
+    log_config(config)
+    summary = ColdRun(config, csv_path, fresh=options["fresh"]).run()
+    click.echo(summary.describe(), err=True)
+    click.echo(f"report: {summary.report}", err=True)
+    if summary.interrupted:
+        sys.exit(130)
+    if not summary.ok:
+        sys.exit(EXIT_ROWS_FAILED)
+
+
+def _dry_run(config: ColdConfig, csv_path: Path) -> None:
+    """Print each row's plan: line, how it is served, and the C-FIND identifiers."""
+    mode = config.mode
+    for item in planned_queries(config, csv_path):
+        if hasattr(item, "identifiers"):
+            keys = " ".join(f"{k}={v}" for k, v in item.identifiers.items())
+            click.echo(f"line {item.line}: C-FIND STUDY {keys} -> {mode}")
+        else:
+            click.echo(f"line {item.line}: invalid: {item.message}")
+
+
+@main.command(name="echo")
+@click.pass_obj
+@fail_cleanly
+def echo_command(config: ColdConfig) -> None:
+    """C-ECHO the PACS (SrcAet) and say what failed if it does not answer."""
+    if not config.SrcAet:
+        raise ConfigError("SrcAet is empty: name the PACS as AET@host:port")
+    peer = AEAddress.parse(config.SrcAet, "SrcAet")
+    calling = AEAddress.parse(config.QueryAet, "QueryAet").title
+    status = echo(peer, calling, timeout=min(config.TimeoutSeconds, 30.0))
+    click.echo(f"C-ECHO {calling} -> {peer}: {status}")

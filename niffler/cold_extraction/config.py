@@ -7,12 +7,16 @@ from pathlib import Path
 
 from niffler.common.config import setting
 from niffler.common.dicomnet import AEAddress, validate_ae_title
+from niffler.common.errors import ConfigError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 
-__all__ = ["QUERY_ONLY_MODES", "ColdConfig"]
+__all__ = ["MODES", "QUERY_ONLY_MODES", "ColdConfig"]
 
 #: FilePath sentinels that switch upstream into query-only modes.
 QUERY_ONLY_MODES = ("CFIND-ONLY", "CFIND-DETAILED")
+#: How rows are served: C-MOVE to a Storage SCP, C-GET on the query
+#: association, or C-FIND only (the two upstream FilePath sentinels).
+MODES = ("move", "get", "cfind-only", "cfind-detailed")
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,24 @@ class ColdConfig:
     DateFormat: str = setting("%Y%m%d", "strptime format of StudyDate cells")
     SendEmail: bool = setting(False, "e-mail YourEmail when the run completes")
     YourEmail: str = setting("", "address for the completion e-mail", secret=False)
+    Mode: str = setting("move", "move (C-MOVE), get (C-GET), cfind-only or cfind-detailed", choices=MODES)
+    Retries: int = setting(3, "extra attempts for a failed C-FIND / C-MOVE / C-GET", minimum=0, maximum=20)
+    RetryDelaySeconds: float = setting(
+        2.0, "wait before the first retry; doubled for each further one", minimum=0, maximum=3600
+    )
+    TimeoutSeconds: float = setting(
+        120.0,
+        "give up on a PACS that sends nothing for this long (association, DIMSE, network)",
+        minimum=1,
+        maximum=86400,
+    )
+
+    @property
+    def mode(self) -> str:
+        """The effective mode: a CFIND-ONLY / CFIND-DETAILED FilePath turns move into it, as upstream."""
+        if self.Mode in ("move", "get") and self.FilePath in QUERY_ONLY_MODES:
+            return self.FilePath.lower()
+        return self.Mode
 
     def __post_init__(self) -> None:
         if self.SrcAet:
@@ -52,3 +74,5 @@ class ColdConfig:
             validate_ae_title(self.DestAet, "DestAet")
         if self.FilePath not in QUERY_ONLY_MODES:
             FileTemplate.parse(self.FilePath)
+        elif self.Mode == "get":
+            raise ConfigError(f"Mode {self.Mode!r} needs a FilePath template, not {self.FilePath!r}")

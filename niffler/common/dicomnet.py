@@ -17,8 +17,10 @@ import contextlib
 import logging
 import os
 import re
+import socket
 import struct
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Sequence
@@ -55,6 +57,7 @@ __all__ = [
     "StorageSCP",
     "StoredInstance",
     "associate",
+    "open_association",
     "validate_ae_title",
 ]
 
@@ -147,6 +150,64 @@ class AEAddress:
         return f"{self.title}@{self.host}:{self.port}"
 
 
+def _rejection_reason(assoc: Association) -> str:
+    primitive = getattr(assoc.acceptor, "primitive", None)
+    reason = getattr(primitive, "reason_str", "") if primitive is not None else ""
+    return f": {reason}" if reason else ""
+
+
+def open_association(
+    ae: AE,
+    peer: AEAddress,
+    *,
+    ext_neg: Sequence[Any] | None = None,
+    evt_handlers: Sequence[Any] | None = None,
+) -> Association:
+    """Return an established association to *peer*, which the caller must release or abort.
+
+    Raises AssociationError saying why when it cannot be established: the
+    peer's rejection reason (e.g. "Called AE title not recognised"), nothing
+    listening, no answer within the ACSE timeout, or an abort right after
+    connecting (what a PACS does to a calling AE title it does not know).
+    """
+    started = time.monotonic()
+    assoc = ae.associate(
+        peer.host,
+        peer.port,
+        ae_title=peer.title,
+        ext_neg=list(ext_neg) if ext_neg else None,
+        evt_handlers=list(evt_handlers) if evt_handlers else None,
+    )
+    if assoc.is_established:
+        return assoc
+    if assoc.is_rejected:
+        raise AssociationError(
+            f"{peer} rejected the association{_rejection_reason(assoc)} "
+            f"(is its AE title {peer.title!r} right, and is our AE title {ae.ae_title!r} known to it?)"
+        )
+    reachable = _tcp_reachable(peer, min(5.0, float(ae.acse_timeout or 5.0)))
+    if reachable is not None:
+        reason = f"could not be reached ({reachable})"
+    elif time.monotonic() - started >= float(ae.acse_timeout or 30.0) * 0.9:
+        reason = f"did not answer the association request within {ae.acse_timeout} s"
+    else:
+        reason = f"aborted the association (does it know our AE title {ae.ae_title!r}?)"
+    raise AssociationError(f"{peer} {reason}")
+
+
+def _tcp_reachable(peer: AEAddress, timeout: float) -> str | None:
+    """Return why a TCP connection to *peer* fails, or None when it succeeds."""
+    try:
+        with socket.create_connection((peer.host, peer.port), timeout=timeout):
+            return None
+    except ConnectionRefusedError:
+        return "connection refused: nothing listens on that port"
+    except TimeoutError:
+        return f"no TCP answer within {timeout:g} s: wrong host, or a firewall"
+    except OSError as exc:
+        return exc.strerror or str(exc)
+
+
 @contextlib.contextmanager
 def associate(
     ae: AE,
@@ -157,24 +218,9 @@ def associate(
 ) -> Iterator[Association]:
     """Yield an established association to *peer*; always release or abort it.
 
-    Raises AssociationError naming the peer when the association is
-    rejected, aborted or cannot be opened (connection refused, timeout).
+    Raises AssociationError as :func:`open_association` does.
     """
-    assoc = ae.associate(
-        peer.host,
-        peer.port,
-        ae_title=peer.title,
-        ext_neg=list(ext_neg) if ext_neg else None,
-        evt_handlers=list(evt_handlers) if evt_handlers else None,
-    )
-    if not assoc.is_established:
-        if assoc.is_rejected:
-            reason = "rejected the association (is our AE title known to it, and its title right?)"
-        elif assoc.is_aborted:
-            reason = "aborted the association"
-        else:
-            reason = "could not be reached (connection refused or timed out)"
-        raise AssociationError(f"{peer} {reason}")
+    assoc = open_association(ae, peer, ext_neg=ext_neg, evt_handlers=evt_handlers)
     try:
         yield assoc
     except BaseException:

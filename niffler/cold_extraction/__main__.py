@@ -1,0 +1,3 @@
+from niffler.cold_extraction.cli import main
+
+main()

@@ -1,0 +1,383 @@
+"""C-FIND, C-MOVE and C-GET against the PACS, and the truth about what arrived.
+
+A :class:`PacsSession` is one worker's association to the PACS, opened once
+and reused for every row the worker serves (upstream spawned two dcm4che
+processes, so two associations, per row). The association carries the
+Study Root FIND and MOVE models, or FIND and GET plus the storage classes
+(with the SCP role) for C-GET. When the PACS aborts, times out or the
+socket breaks, the session drops the association and the next call opens a
+fresh one.
+
+Success is counted, not assumed. A study is retrieved only when its
+C-MOVE/C-GET ends with status 0x0000, no sub-operation failed or warned,
+the instances our Storage SCP wrote for that study equal the PACS's
+completed sub-operations, and, when C-FIND reported
+NumberOfStudyRelatedInstances, that count too (see :func:`verify_transfer`).
+Nothing here logs identifiers: messages name statuses and counts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.dataset import Dataset
+from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom.association import Association
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
+    Verification,
+)
+
+from niffler.common.dicomnet import (
+    ACCEPTED_TRANSFER_SYNTAXES,
+    AEAddress,
+    InstanceWriter,
+    StoredInstance,
+    open_association,
+)
+from niffler.common.errors import AssociationError
+
+__all__ = [
+    "CFIND_DETAILED_KEYS",
+    "CFIND_ONLY_KEYS",
+    "RESOLVE_KEYS",
+    "PacsSession",
+    "Receipts",
+    "RetrievalFailed",
+    "Study",
+    "Transfer",
+    "describe_status",
+    "echo",
+    "verify_transfer",
+]
+
+log = logging.getLogger(__name__)
+
+#: Columns of cfind-output.csv in CFIND-ONLY mode (upstream's).
+CFIND_ONLY_KEYS = ("PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDescription")
+#: Columns in CFIND-DETAILED mode: upstream's list, with a header that matches its rows.
+CFIND_DETAILED_KEYS = (
+    *CFIND_ONLY_KEYS,
+    "StudyDate",
+    "StudyTime",
+    "DeviceSerialNumber",
+    "ProtocolName",
+    "PerformedProcedureStepDescription",
+    "NumberOfStudyRelatedSeries",
+    "NumberOfStudyRelatedInstances",
+    "AcquisitionDate",
+)
+#: What a retrieval needs back from C-FIND to resolve a row to studies.
+RESOLVE_KEYS = ("PatientID", "StudyInstanceUID", "NumberOfStudyRelatedInstances")
+
+_PENDING = (0xFF00, 0xFF01)
+_STATUS_NAMES = {
+    0x0000: "Success",
+    0x0001: "Warning: requested optional attributes are not supported",
+    0xA700: "Refused: out of resources",
+    0xA701: "Refused: out of resources, unable to calculate the number of matches",
+    0xA702: "Refused: out of resources, unable to perform sub-operations",
+    0xA801: "Refused: move destination unknown",
+    0xA900: "Error: identifier does not match SOP class",
+    0xB000: "Warning: sub-operations complete, one or more failures or warnings",
+    0xC000: "Failed: unable to process",
+    0xFE00: "Cancelled",
+    0x0122: "Refused: SOP class not supported",
+    0x0124: "Refused: not authorised",
+    0x0211: "Unrecognised operation",
+}
+
+
+def describe_status(code: int) -> str:
+    """Return a DIMSE status as ``0xC000 (Failed: unable to process)``."""
+    name = _STATUS_NAMES.get(code)
+    if name is None and 0xA700 <= code <= 0xA7FF:
+        name = "Refused: out of resources"
+    elif name is None and 0xC000 <= code <= 0xCFFF:
+        name = "Failed: unable to process"
+    return f"0x{code:04X}" + (f" ({name})" if name else "")
+
+
+class RetrievalFailed(Exception):
+    """One attempt at a C-FIND / C-MOVE / C-GET failed; the message holds no identifiers."""
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study a row resolved to, with what C-FIND said about it."""
+
+    uid: str
+    expected: int | None
+    fields: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Transfer:
+    """The end of one C-MOVE / C-GET: final status, sub-operation counts and what we stored."""
+
+    status: int
+    completed: int | None
+    failed: int | None
+    warning: int | None
+    received: int | None
+
+
+def verify_transfer(transfer: Transfer, expected: int | None, verb: str = "C-MOVE") -> str | None:
+    """Return why *transfer* did not retrieve the whole study, or None when it did.
+
+    *received* is None when an external AE receives the files (DestAet): then
+    only the PACS's own counts can be checked.
+    """
+    if transfer.status != 0x0000:
+        failed = f"; {transfer.failed} sub-operation(s) failed" if transfer.failed else ""
+        return f"{verb} ended with status {describe_status(transfer.status)}{failed}"
+    if transfer.failed or transfer.warning:
+        return (
+            f"{verb} reported Success but {transfer.failed or 0} failed and "
+            f"{transfer.warning or 0} warning sub-operation(s)"
+        )
+    counted = transfer.received is not None and transfer.completed is not None
+    if counted and transfer.received != transfer.completed:
+        return (
+            f"received {transfer.received} instance(s) but the PACS reported "
+            f"{transfer.completed} completed sub-operation(s)"
+        )
+    got = transfer.received if transfer.received is not None else transfer.completed
+    if expected is not None and got is not None and got != expected:
+        return f"retrieved {got} instance(s) but C-FIND reported NumberOfStudyRelatedInstances {expected}"
+    if expected is not None and got is None:
+        return "the PACS reported no sub-operation counts, so the study can not be verified"
+    return None
+
+
+class Receipts:
+    """Counts the instances our Storage SCP wrote, per study, for :func:`verify_transfer`.
+
+    Shared by the workers of one run. :meth:`exclusive` serialises two rows
+    that resolve to the same study, so each move is counted on its own.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._study_locks: dict[str, threading.Lock] = {}
+        self.instances = 0
+        self.bytes = 0
+
+    def on_stored(self, stored: StoredInstance) -> None:
+        with self._lock:
+            self._counts[stored.study_uid] += 1
+            self.instances += 1
+            self.bytes += stored.size
+
+    def count(self, study_uid: str) -> int:
+        with self._lock:
+            return self._counts[study_uid]
+
+    @contextlib.contextmanager
+    def exclusive(self, study_uid: str) -> Iterator[None]:
+        """Hold the study while it is transferred; its count starts again at zero."""
+        with self._lock:
+            study_lock = self._study_locks.setdefault(study_uid, threading.Lock())
+        with study_lock:
+            with self._lock:
+                self._counts[study_uid] = 0
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._counts.pop(study_uid, None)
+                    self._study_locks.pop(study_uid, None)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        return "\\".join(str(v) for v in value)
+    return str(value)
+
+
+def _count(status: Dataset, keyword: str) -> int | None:
+    value = status.get(keyword)
+    return int(value) if value is not None and value != "" else None
+
+
+class PacsSession:
+    """One worker's association to the PACS, reused across rows.
+
+    *mode* is ``move``, ``get`` or a C-FIND-only mode. For ``get``, *writer*
+    stores the instances arriving on the association. *receipts* counts
+    what arrives (from our Storage SCP for ``move``); None when an external
+    AE receives the files.
+    """
+
+    def __init__(
+        self,
+        *,
+        peer: AEAddress,
+        calling_aet: str,
+        mode: str,
+        timeout: float,
+        move_destination: str = "",
+        receipts: Receipts | None = None,
+        writer: InstanceWriter | None = None,
+    ) -> None:
+        self.peer = peer
+        self.calling_aet = calling_aet
+        self.mode = mode
+        self.timeout = timeout
+        self.move_destination = move_destination or calling_aet
+        self.receipts = receipts
+        self.writer = writer
+        self._assoc: Association | None = None
+        self._lock = threading.Lock()
+
+    def _build_ae(self) -> AE:
+        ae = AE(ae_title=self.calling_aet)
+        ae.acse_timeout = min(self.timeout, 30.0)
+        ae.dimse_timeout = self.timeout
+        ae.network_timeout = self.timeout
+        ae.maximum_pdu_size = 0  # no limit: large PDUs for C-GET's incoming stores
+        ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+        if self.mode == "move":
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
+        elif self.mode == "get":
+            ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
+            for context in StoragePresentationContexts:
+                ae.add_requested_context(str(context.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES)
+        return ae
+
+    def _association(self) -> Association:
+        with self._lock:
+            if self._assoc is not None and self._assoc.is_established:
+                return self._assoc
+            ae = self._build_ae()
+            ext_neg: list[Any] = []
+            handlers: list[Any] = []
+            if self.mode == "get":
+                ext_neg = [
+                    build_role(str(c.abstract_syntax), scp_role=True) for c in StoragePresentationContexts
+                ]
+                handlers = [(evt.EVT_C_STORE, self._on_c_store)]
+            try:
+                self._assoc = open_association(ae, self.peer, ext_neg=ext_neg, evt_handlers=handlers)
+            except AssociationError as exc:
+                raise RetrievalFailed(str(exc)) from None
+            return self._assoc
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        assert self.writer is not None
+        on_stored = self.receipts.on_stored if self.receipts is not None else None
+        return self.writer.handle_c_store(event, on_stored)
+
+    def drop(self) -> None:
+        """Abort the association (after a failure, or to interrupt a transfer in flight)."""
+        with self._lock:
+            assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.abort()
+
+    def close(self) -> None:
+        """Release the association politely."""
+        with self._lock:
+            assoc, self._assoc = self._assoc, None
+        if assoc is not None and assoc.is_established:
+            assoc.release()
+
+    def _responses(
+        self, send: Callable[[Association], Iterator[tuple[Dataset, Dataset | None]]], verb: str
+    ) -> Iterator[tuple[int, Dataset, Dataset | None]]:
+        assoc = self._association()
+        try:
+            for status, identifier in send(assoc):
+                if not status or "Status" not in status:
+                    raise RetrievalFailed(
+                        f"{verb}: the PACS aborted the association or sent nothing for {self.timeout:g} s"
+                    )
+                yield int(status.Status), status, identifier
+        except RetrievalFailed:
+            self.drop()
+            raise
+        except (RuntimeError, ValueError, OSError) as exc:
+            self.drop()
+            raise RetrievalFailed(f"{verb}: {exc}") from None
+
+    def find(self, identifiers: Mapping[str, str], return_keys: Sequence[str]) -> list[dict[str, str]]:
+        """Return the STUDY-level C-FIND matches of *identifiers*, each as {keyword: text}."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        for keyword in return_keys:
+            setattr(query, keyword, "")
+        for keyword, value in identifiers.items():
+            setattr(query, keyword, value)
+        matches: list[dict[str, str]] = []
+        for code, _, identifier in self._responses(
+            lambda a: a.send_c_find(query, StudyRootQueryRetrieveInformationModelFind), "C-FIND"
+        ):
+            if code in _PENDING:
+                if identifier is not None:
+                    matches.append({k: _text(identifier.get(k, "")) for k in return_keys})
+            elif code != 0x0000:
+                raise RetrievalFailed(f"C-FIND ended with status {describe_status(code)}")
+        return matches
+
+    def transfer(self, study_uid: str) -> Transfer:
+        """C-MOVE (to our receiver or DestAet) or C-GET one study; return how it ended."""
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = study_uid
+        if self.mode == "get":
+            verb = "C-GET"
+
+            def send(a: Association) -> Iterator[tuple[Dataset, Dataset | None]]:
+                return a.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
+        else:
+            verb = "C-MOVE"
+
+            def send(a: Association) -> Iterator[tuple[Dataset, Dataset | None]]:
+                return a.send_c_move(query, self.move_destination, StudyRootQueryRetrieveInformationModelMove)
+
+        final: Dataset | None = None
+        code = 0
+        for code, status, _ in self._responses(send, verb):
+            if code not in _PENDING:
+                final = status
+        if final is None:
+            raise RetrievalFailed(f"{verb}: the PACS sent no final response")
+        return Transfer(
+            status=code,
+            completed=_count(final, "NumberOfCompletedSuboperations"),
+            failed=_count(final, "NumberOfFailedSuboperations"),
+            warning=_count(final, "NumberOfWarningSuboperations"),
+            received=self.receipts.count(study_uid) if self.receipts is not None else None,
+        )
+
+
+def echo(peer: AEAddress, calling_aet: str, timeout: float = 10.0) -> str:
+    """C-ECHO *peer*; return its status description or raise AssociationError saying what failed."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = timeout
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    ae.add_requested_context(Verification)
+    assoc = open_association(ae, peer)
+    try:
+        status = assoc.send_c_echo()
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    if not status or "Status" not in status:
+        raise AssociationError(f"{peer} accepted the association but did not answer C-ECHO")
+    code = int(status.Status)
+    if code != 0x0000:
+        raise AssociationError(f"{peer} answered C-ECHO with status {describe_status(code)}")
+    return describe_status(code)

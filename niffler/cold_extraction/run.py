@@ -1,0 +1,499 @@
+"""One niffler-cold run: plan the CSV, serve its rows with N workers, report the truth.
+
+The progress ledger (``.niffler-cold-progress.sqlite`` in StorageFolder) is
+the record of what was retrieved: a row is ``done`` only when every study it
+resolved to was retrieved and verified, a study is ``done`` only after
+:func:`~niffler.cold_extraction.retrieve.verify_transfer` passed. Re-running
+the same command skips done rows (and done studies of rows that failed
+half-way); ``fresh`` forgets them. Rows still queued at Ctrl-C stay pending.
+
+Workers are threads, each with its own reused association
+(:class:`~niffler.cold_extraction.retrieve.PacsSession`); rows reach them
+through a bounded queue, so a CSV of any length is planned lazily. At the
+end ``retrieval-report.csv`` lists every CSV row (and ``cfind-output.csv``
+the matches in the C-FIND-only modes). Both hold the identifiers the user
+asked for: they belong with the retrieved files, not in a shared place.
+Logs name line numbers and counts, never identifiers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+from niffler.cold_extraction.config import ColdConfig
+from niffler.cold_extraction.plan import Query, RowError, read_plan, seconds_until_window
+from niffler.cold_extraction.retrieve import (
+    CFIND_DETAILED_KEYS,
+    CFIND_ONLY_KEYS,
+    RESOLVE_KEYS,
+    PacsSession,
+    Receipts,
+    RetrievalFailed,
+    verify_transfer,
+)
+from niffler.common.dicomnet import AEAddress, InstanceWriter, StorageSCP
+from niffler.common.errors import ConfigError
+from niffler.common.ledger import Ledger, State
+from niffler.common.notify import send_completion
+
+__all__ = ["CFIND_OUTPUT", "LEDGER_NAME", "REPORT_NAME", "ColdRun", "Summary", "planned_queries"]
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = ".niffler-cold-progress.sqlite"
+REPORT_NAME = "retrieval-report.csv"
+CFIND_OUTPUT = "cfind-output.csv"
+STUDIES = "cold.studies"
+REPORT_COLUMNS = (
+    "line", "status", "level", "query", "studies", "instances_expected", "instances_received",
+    "attempts", "error",
+)  # fmt: skip
+_LOG_EVERY = 10.0
+
+T = TypeVar("T")
+
+
+class _Stopped(Exception):
+    """The run is stopping (Ctrl-C, SIGTERM): leave the row pending."""
+
+
+@dataclass
+class Summary:
+    """What a run did, in counts (no identifiers)."""
+
+    mode: str
+    report: Path
+    rows: int = 0
+    retrieved: int = 0
+    done_before: int = 0
+    failed: int = 0
+    invalid: int = 0
+    duplicates: int = 0
+    studies: int = 0
+    instances: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return not (self.failed or self.invalid or self.interrupted)
+
+    def describe(self) -> str:
+        what = "matched" if self.mode.startswith("cfind") else "retrieved"
+        rate = self.bytes / 1e6 / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.rows} row(s): {self.retrieved} {what}, {self.failed} failed, {self.invalid} invalid, "
+            f"{self.duplicates} duplicate, {self.done_before} done earlier"
+            f"{' (interrupted)' if self.interrupted else ''}; {self.studies} stud(ies), "
+            f"{self.instances} instance(s), {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
+            f"({rate:.1f} MB/s)"
+        )
+
+
+def planned_queries(config: ColdConfig, csv_path: Path) -> Iterator[Query | RowError]:
+    """The rows of *csv_path* as planned queries (for --dry-run and the report)."""
+    return read_plan(csv_path, config)
+
+
+@dataclass
+class _Progress:
+    """Rows, studies, instances and MB/s on a terminal bar, or a log line every 10 s."""
+
+    total: int
+    receipts: Receipts
+    show: bool
+    started: float = field(default_factory=time.monotonic)
+    rows: int = 0
+    studies: int = 0
+    _next_log: float = 0.0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._bar = tqdm(total=self.total, unit="row", disable=not self.show, file=sys.stderr)
+        self._next_log = self.started + _LOG_EVERY
+
+    def advance(self, rows: int = 1, studies: int = 0) -> None:
+        with self._lock:
+            self.rows += rows
+            self.studies += studies
+            elapsed = max(time.monotonic() - self.started, 1e-9)
+            rate = self.receipts.bytes / 1e6 / elapsed
+            if not self._bar.disable:
+                self._bar.set_postfix(
+                    studies=self.studies, instances=self.receipts.instances, MBps=f"{rate:.1f}", refresh=False
+                )
+                self._bar.update(rows)
+            elif time.monotonic() >= self._next_log:
+                self._next_log = time.monotonic() + _LOG_EVERY
+                log.info(
+                    "rows %d/%d, studies %d, instances %d, %.1f MB/s",
+                    self.rows, self.total, self.studies, self.receipts.instances, rate,
+                )  # fmt: skip
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class ColdRun:
+    """Serve every row of a CSV against the PACS in ``config.mode``."""
+
+    def __init__(
+        self,
+        config: ColdConfig,
+        csv_path: Path,
+        *,
+        fresh: bool = False,
+        show_progress: bool | None = None,
+        now: Callable[[], datetime] = datetime.now,
+    ) -> None:
+        if not config.SrcAet:
+            raise ConfigError("SrcAet is empty: name the PACS as AET@host:port")
+        self.config = config
+        self.csv_path = csv_path
+        self.fresh = fresh
+        self.show_progress = sys.stderr.isatty() if show_progress is None else show_progress
+        self.now = now
+        self.mode = config.mode
+        self.namespace = "cold.rows" if self.mode in ("move", "get") else f"cold.{self.mode}"
+        self.return_keys: tuple[str, ...] = {
+            "cfind-only": CFIND_ONLY_KEYS,
+            "cfind-detailed": CFIND_DETAILED_KEYS,
+        }.get(self.mode, RESOLVE_KEYS)
+        self.query_aet = AEAddress.parse(config.QueryAet, "QueryAet")
+        self.local_receiver = self.mode == "move" and config.DestAet.strip() in ("", self.query_aet.title)
+        self.stop = threading.Event()
+        self.receipts = Receipts()
+        self.storage = config.StorageFolder
+        self.ledger: Ledger | None = None
+        self.summary = Summary(self.mode, self.storage / REPORT_NAME)
+        self._summary_lock = threading.Lock()
+
+    # -- set-up -----------------------------------------------------------
+
+    def _session(self) -> PacsSession:
+        writer = None
+        if self.mode == "get":
+            writer = InstanceWriter(self.storage, self.config.FilePath)
+            writer.prepare()
+        counts = self.mode == "get" or self.local_receiver
+        return PacsSession(
+            peer=AEAddress.parse(self.config.SrcAet, "SrcAet"),
+            calling_aet=self.query_aet.title,
+            mode=self.mode,
+            timeout=self.config.TimeoutSeconds,
+            move_destination=self.config.DestAet.strip() or self.query_aet.title,
+            receipts=self.receipts if counts else None,
+            writer=writer,
+        )
+
+    def _receiver(self) -> StorageSCP | None:
+        if not self.local_receiver:
+            if self.mode == "move":
+                log.info("C-MOVE destination %s is external: no local receiver started", self.config.DestAet)
+            return None
+        return StorageSCP(
+            self.storage,
+            ae_title=self.query_aet.title,
+            port=self.query_aet.port,
+            file_path=self.config.FilePath,
+            on_stored=self.receipts.on_stored,
+        ).start()
+
+    # -- the run ----------------------------------------------------------
+
+    def run(self) -> Summary:
+        """Serve every row; return the summary (``interrupted`` set after Ctrl-C)."""
+        started = time.monotonic()
+        total = sum(1 for _ in planned_queries(self.config, self.csv_path))
+        self.storage.mkdir(parents=True, exist_ok=True)
+        with Ledger(self.storage / LEDGER_NAME) as ledger:
+            self.ledger = ledger
+            if self.fresh:
+                ledger.reset(self.namespace)
+                if self.namespace == "cold.rows":
+                    ledger.reset(STUDIES)
+            receiver = self._receiver()
+            progress = _Progress(total, self.receipts, self.show_progress)
+            try:
+                self._serve_all(progress)
+            finally:
+                progress.close()
+                if receiver is not None:
+                    receiver.stop()
+            self.summary.seconds = time.monotonic() - started
+            self.summary.instances = self.receipts.instances
+            self.summary.bytes = self.receipts.bytes
+            self.write_outputs()
+        self._notify()
+        return self.summary
+
+    def _serve_all(self, progress: _Progress) -> None:
+        workers = self.config.MaxNifflerProcesses
+        jobs: queue.Queue[Query | None] = queue.Queue(maxsize=2 * workers)
+        sessions = [self._session() for _ in range(workers)]
+        threads = [
+            threading.Thread(target=self._work, args=(s, jobs, progress), name=f"cold-{i}", daemon=True)
+            for i, s in enumerate(sessions)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self._feed(jobs, progress)
+            for _ in threads:
+                self._put(jobs, None)
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(0.2)
+        except KeyboardInterrupt:
+            log.warning("interrupted: stopping; rows not finished stay pending for the next run")
+            self.summary.interrupted = True
+            self.stop.set()
+            for session in sessions:
+                session.drop()
+            for thread in threads:
+                thread.join(30)
+
+    def _put(self, jobs: queue.Queue[Query | None], item: Query | None) -> None:
+        while True:
+            try:
+                jobs.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                if self.stop.is_set():
+                    return
+
+    def _feed(self, jobs: queue.Queue[Query | None], progress: _Progress) -> None:
+        assert self.ledger is not None
+        seen: set[str] = set()
+        for item in planned_queries(self.config, self.csv_path):
+            self.summary.rows += 1
+            if isinstance(item, RowError):
+                self.summary.invalid += 1
+                log.warning("line %d skipped: %s", item.line, item.message)
+                progress.advance()
+            elif item.key in seen:
+                self.summary.duplicates += 1
+                log.info("line %d repeats an earlier row's query: served once", item.line)
+                progress.advance()
+            else:
+                seen.add(item.key)
+                entry = self.ledger.get(self.namespace, item.key)
+                if entry is not None and entry.state is State.DONE:
+                    self.summary.done_before += 1
+                    progress.advance()
+                else:
+                    self._put(jobs, item)
+
+    def _work(self, session: PacsSession, jobs: queue.Queue[Query | None], progress: _Progress) -> None:
+        try:
+            while (query := jobs.get()) is not None:
+                if self.stop.is_set():
+                    continue
+                studies = 0
+                try:
+                    studies = self._serve(session, query)
+                except _Stopped:
+                    continue
+                except Exception:  # one row must never end the run
+                    log.exception("line %d: unexpected error", query.line)
+                    self._row_failed(query, "unexpected error (see the log)", {"line": query.line})
+                progress.advance(studies=studies)
+        finally:
+            session.close()
+
+    def _count(self, **changes: int) -> None:
+        with self._summary_lock:
+            for name, value in changes.items():
+                setattr(self.summary, name, getattr(self.summary, name) + value)
+
+    def _row_failed(self, query: Query, error: str, detail: dict[str, Any]) -> None:
+        assert self.ledger is not None
+        self.ledger.mark_failed(self.namespace, query.key, error, detail)
+        self._count(failed=1)
+        log.warning("line %d failed: %s", query.line, error)
+
+    def _serve(self, session: PacsSession, query: Query) -> int:
+        """Serve one row; return how many studies it resolved to."""
+        assert self.ledger is not None
+        self._wait_for_window()
+        detail: dict[str, Any] = {"line": query.line}
+        try:
+            matches = self._attempt(query.line, lambda: session.find(query.identifiers, self.return_keys))
+        except RetrievalFailed as exc:
+            self._row_failed(query, str(exc), detail)
+            return 0
+        detail["studies"] = len(matches)
+        if self.mode.startswith("cfind"):
+            self.ledger.mark_done(self.namespace, query.key, {**detail, "matches": matches})
+            self._count(retrieved=1, studies=len(matches))
+            return len(matches)
+        if not matches:
+            self._row_failed(query, "no study matched the query", detail)
+            return 0
+        errors, expected_total, received_total = [], 0, 0
+        for match in matches:
+            expected = _int_or_none(match.get("NumberOfStudyRelatedInstances", ""))
+            expected_total += expected or 0
+            try:
+                received_total += self._study(
+                    session, query.line, match.get("StudyInstanceUID", ""), expected
+                )
+            except RetrievalFailed as exc:
+                errors.append(str(exc))
+        detail.update(expected=expected_total, received=received_total)
+        self._count(studies=len(matches))
+        if errors:
+            self._row_failed(
+                query, f"{len(errors)} of {len(matches)} stud(ies) not retrieved; first: {errors[0]}", detail
+            )
+        else:
+            self.ledger.mark_done(self.namespace, query.key, detail)
+            self._count(retrieved=1)
+        return len(matches)
+
+    def _study(self, session: PacsSession, line: int, study_uid: str, expected: int | None) -> int:
+        """Retrieve and verify one study (unless an earlier run did); return its instance count."""
+        assert self.ledger is not None
+        if not study_uid:
+            raise RetrievalFailed("a C-FIND match has no StudyInstanceUID")
+        prior = self.ledger.get(STUDIES, study_uid)
+        if prior is not None and prior.state is State.DONE:
+            return int(prior.detail.get("received") or 0)
+        verb = "C-GET" if self.mode == "get" else "C-MOVE"
+
+        def attempt() -> int:
+            if session.receipts is None:
+                transfer = session.transfer(study_uid)
+            else:
+                with session.receipts.exclusive(study_uid):
+                    transfer = session.transfer(study_uid)
+            problem = verify_transfer(transfer, expected, verb)
+            if problem:
+                raise RetrievalFailed(problem)
+            return transfer.received if transfer.received is not None else transfer.completed or 0
+
+        try:
+            received = self._attempt(line, attempt)
+        except RetrievalFailed as exc:
+            self.ledger.mark_failed(STUDIES, study_uid, str(exc), {"expected": expected})
+            raise
+        self.ledger.mark_done(STUDIES, study_uid, {"expected": expected, "received": received})
+        return received
+
+    def _attempt(self, line: int, call: Callable[[], T]) -> T:
+        """Run *call*, retrying a RetrievalFailed with doubling delays; raise _Stopped on stop."""
+        retries = self.config.Retries
+        for attempt in range(retries + 1):
+            if self.stop.is_set():
+                raise _Stopped
+            try:
+                return call()
+            except RetrievalFailed as exc:
+                if self.stop.is_set():
+                    raise _Stopped from None
+                if attempt == retries:
+                    raise
+                delay = self.config.RetryDelaySeconds * 2**attempt
+                log.warning("line %d: %s; retry %d of %d in %.1f s", line, exc, attempt + 1, retries, delay)
+                if self.stop.wait(delay):
+                    raise _Stopped from None
+        raise AssertionError("unreachable")
+
+    def _wait_for_window(self) -> None:
+        if not self.config.NightlyOnly:
+            return
+        announced = False
+        while not self.stop.is_set():
+            wait = seconds_until_window(self.now(), self.config.StartHour, self.config.EndHour)
+            if wait <= 0:
+                return
+            if not announced:
+                log.info(
+                    "outside the nightly window %02d:00-%02d:00: pausing %.0f min",
+                    self.config.StartHour, self.config.EndHour, wait / 60,
+                )  # fmt: skip
+                announced = True
+            self.stop.wait(min(wait, 60.0))
+        raise _Stopped
+
+    # -- outputs ----------------------------------------------------------
+
+    def write_outputs(self) -> None:
+        """Write retrieval-report.csv (and cfind-output.csv) from the CSV and the ledger."""
+        assert self.ledger is not None
+        report_tmp = self.summary.report.with_suffix(".csv.part")
+        find_rows = self.mode.startswith("cfind")
+        output = self.storage / CFIND_OUTPUT
+        output_tmp = output.with_suffix(".csv.part")
+        written: set[str] = set()
+        first_line: dict[str, int] = {}
+        with (
+            open(report_tmp, "w", newline="", encoding="utf-8") as report_handle,
+            (
+                open(output_tmp, "w", newline="", encoding="utf-8") if find_rows else contextlib.nullcontext()
+            ) as output_handle,
+        ):
+            report = csv.writer(report_handle)
+            report.writerow(REPORT_COLUMNS)
+            matches = csv.writer(output_handle) if output_handle is not None else None
+            if matches is not None:
+                matches.writerow(self.return_keys)
+            for item in planned_queries(self.config, self.csv_path):
+                if isinstance(item, RowError):
+                    report.writerow([item.line, "invalid", "", "", "", "", "", "", item.message])
+                    continue
+                entry = self.ledger.get(self.namespace, item.key)
+                query = json.dumps(item.identifiers, sort_keys=True)
+                if item.key in first_line:
+                    report.writerow([item.line, "duplicate", item.level, query, "", "", "", "",
+                                     f"same query as line {first_line[item.key]}"])  # fmt: skip
+                    continue
+                first_line[item.key] = item.line
+                if entry is None:
+                    report.writerow([item.line, "not-attempted", item.level, query, "", "", "", 0, ""])
+                    continue
+                d = entry.detail
+                status = {"pending": "not-finished"}.get(entry.state.value, entry.state.value)
+                report.writerow([
+                    item.line, status, item.level, query, d.get("studies", ""), d.get("expected", ""),
+                    d.get("received", ""), entry.attempts, entry.last_error or "",
+                ])  # fmt: skip
+                if matches is not None and entry.state is State.DONE:
+                    for match in d.get("matches", []):
+                        uid = match.get("StudyInstanceUID", "")
+                        if uid not in written:
+                            written.add(uid)
+                            matches.writerow([match.get(k, "") for k in self.return_keys])
+        report_tmp.replace(self.summary.report)
+        if find_rows:
+            output_tmp.replace(output)
+
+    def _notify(self) -> None:
+        if not self.config.SendEmail or not self.config.YourEmail:
+            return
+        verdict = "completed" if self.summary.ok else "finished with failures"
+        send_completion(
+            self.config.YourEmail,
+            f"Niffler cold extraction {self.config.NifflerID} {verdict}",
+            f"{self.summary.describe()}\n\nReport: {self.summary.report}\n",
+        )
+
+
+def _int_or_none(text: str) -> int | None:
+    text = (text or "").strip()
+    return int(text) if text.isdigit() else None
