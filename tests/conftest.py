@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import socketserver
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
-from niffler.testing.peers import OrthancPACS, SecantusServer
+from niffler.testing.peers import OrthancPACS, SecantusServer, free_port
 
 REQUIRED_TOOLS = ("storescu", "dcmsend", "findscu", "movescu")
 
@@ -54,11 +57,53 @@ def orthanc_factory(tmp_path: Path) -> Iterator[Callable[..., OrthancPACS]]:
     """Start real Orthanc PACS instances; every one is stopped after the test."""
     started: list[OrthancPACS] = []
 
-    def start(modalities: dict[str, tuple[str, str, int]] | None = None, aet: str = "ORTHANC") -> OrthancPACS:
-        pacs = OrthancPACS(tmp_path / f"orthanc{len(started)}", aet=aet, modalities=modalities or {})
+    def start(
+        modalities: dict[str, tuple[str, str, int]] | None = None, aet: str = "ORTHANC", **extra: Any
+    ) -> OrthancPACS:
+        workdir = tmp_path / f"orthanc{len(started)}"
+        pacs = OrthancPACS(workdir, aet=aet, modalities=modalities or {}, extra=extra)
         started.append(pacs.start())
         return pacs
 
     yield start
     for pacs in started:
         pacs.stop()
+
+
+class _SmtpSink(socketserver.StreamRequestHandler):
+    """Just enough SMTP to accept a message and keep it (a real smtplib conversation on loopback)."""
+
+    def handle(self) -> None:
+        self.wfile.write(b"220 sink ESMTP\r\n")
+        data: list[bytes] = []
+        in_data = False
+        for line in self.rfile:
+            if in_data:
+                if line == b".\r\n":
+                    in_data = False
+                    self.server.messages.append(b"".join(data).decode())  # type: ignore[attr-defined]
+                    self.wfile.write(b"250 queued\r\n")
+                else:
+                    data.append(line)
+                continue
+            verb = line[:4].upper()
+            if verb == b"DATA":
+                in_data = True
+                self.wfile.write(b"354 go on\r\n")
+            elif verb == b"QUIT":
+                self.wfile.write(b"221 bye\r\n")
+                return
+            else:
+                self.wfile.write(b"250 ok\r\n")
+
+
+@pytest.fixture
+def smtp_sink() -> Iterator[tuple[int, list[str]]]:
+    """An SMTP relay on loopback: yields its port and the messages it received."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", free_port()), _SmtpSink)
+    server.messages = []  # type: ignore[attr-defined]
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server.server_address[1], server.messages  # type: ignore[attr-defined]
+    server.shutdown()
+    server.server_close()

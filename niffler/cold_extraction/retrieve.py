@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -297,12 +298,12 @@ class PacsSession:
         self, send: Callable[[Association], Iterator[tuple[Dataset, Dataset | None]]], verb: str
     ) -> Iterator[tuple[int, Dataset, Dataset | None]]:
         assoc = self._association()
+        waiting = time.monotonic()
         try:
             for status, identifier in send(assoc):
                 if not status or "Status" not in status:
-                    raise RetrievalFailed(
-                        f"{verb}: the PACS aborted the association or sent nothing for {self.timeout:g} s"
-                    )
+                    raise RetrievalFailed(self._silence(assoc, verb, time.monotonic() - waiting))
+                waiting = time.monotonic()
                 yield int(status.Status), status, identifier
         except RetrievalFailed:
             self.drop()
@@ -310,6 +311,15 @@ class PacsSession:
         except (RuntimeError, ValueError, OSError) as exc:
             self.drop()
             raise RetrievalFailed(f"{verb}: {exc}") from None
+
+    def _silence(self, assoc: Association, verb: str, waited: float) -> str:
+        """Say why a request got no response: the PACS aborted, or sent nothing in time."""
+        if assoc.is_aborted or assoc.acse.is_aborted() or waited < 0.9 * self.timeout:
+            return (
+                f"{verb}: the PACS aborted the association (a PACS does this to a calling AE title "
+                f"it does not know: is {self.calling_aet!r} configured on it?)"
+            )
+        return f"{verb}: the PACS sent nothing for {self.timeout:g} s"
 
     def find(self, identifiers: Mapping[str, str], return_keys: Sequence[str]) -> list[dict[str, str]]:
         """Return the STUDY-level C-FIND matches of *identifiers*, each as {keyword: text}."""

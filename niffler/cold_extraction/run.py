@@ -407,6 +407,8 @@ class ColdRun:
                 if self.stop.is_set():
                     raise _Stopped from None
                 if attempt == retries:
+                    if retries:
+                        raise RetrievalFailed(f"{exc} (after {retries + 1} attempts)") from None
                     raise
                 delay = self.config.RetryDelaySeconds * 2**attempt
                 log.warning("line %d: %s; retry %d of %d in %.1f s", line, exc, attempt + 1, retries, delay)

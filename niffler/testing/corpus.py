@@ -134,7 +134,7 @@ def make_instance(
     ds.PatientName = instance.patient_name
     ds.PatientID = instance.patient_id
     ds.PatientBirthDate = instance.birth_date
-    ds.PatientSex = "F" if int(instance.patient_id[-1:] or 0) % 2 else "M"
+    ds.PatientSex = "F" if ord(instance.patient_id[-1:] or "0") % 2 else "M"
     ds.PatientAge = "045Y"
     ds.OtherPatientIDs = f"MRN{instance.patient_id}"
     ds.PatientAddress = "42 Elm Street, Springfield"

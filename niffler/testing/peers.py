@@ -118,6 +118,8 @@ class OrthancPACS:
     workdir: Path
     aet: str = "ORTHANC"
     modalities: Mapping[str, tuple[str, str, int]] = field(default_factory=dict)
+    #: Further Orthanc configuration keys (e.g. ``MaximumStorageCacheSize``).
+    extra: Mapping[str, Any] = field(default_factory=dict)
     dicom_port: int = 0
     http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
@@ -147,6 +149,7 @@ class OrthancPACS:
             "SaveJobs": False,
             "StableAge": 5,
             "ConcurrentJobs": 2,
+            **self.extra,
         }
         cfg = self.workdir / "orthanc.json"
         cfg.write_text(json.dumps(config, indent=2))

@@ -1,0 +1,446 @@
+"""niffler-cold against a real Orthanc on loopback: exactly the asked-for instances, verified, resumable."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from pydicom import dcmread
+
+from niffler.cold_extraction.cli import main
+from niffler.cold_extraction.run import LEDGER_NAME
+from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus, make_instance
+from niffler.testing.peers import DcmtkStoreSCP, OrthancPACS, free_port
+
+LOOPBACK = "127.0.0.1"
+HOSTILE_ID = "../../x;$(touch PWNED)|`id`'"
+# Study i of the corpus is on 2020-01-06 + 20*i days: Jan 6, Jan 26, Feb 15, Mar 6, Mar 26, Apr 15.
+SPEC = CorpusSpec(patients=3, studies_per_patient=2, study_spacing_minutes=20 * 24 * 60)
+
+
+@dataclasses.dataclass
+class Pacs:
+    orthanc: OrthancPACS
+    manifest: list[Instance]
+    scp_port: int
+    external_port: int
+
+    def config(self, storage: Path, **keys: Any) -> dict[str, Any]:
+        return {
+            "SrcAet": f"ORTHANC@{LOOPBACK}:{self.orthanc.dicom_port}",
+            "QueryAet": f"NIFFLER:{self.scp_port}",
+            "StorageFolder": str(storage),
+            "Retries": 1,
+            "RetryDelaySeconds": 0.05,
+            "TimeoutSeconds": 20,
+            **keys,
+        }
+
+
+def hostile_instances(out: Path, template: Instance) -> list[Instance]:
+    """One study whose PatientID is shell metacharacters and a path escape."""
+    made = []
+    for i in range(2):
+        inst = dataclasses.replace(
+            template,
+            path=out / f"hostile{i}.dcm",
+            patient_id=HOSTILE_ID,
+            accession="ACCHOSTILE",
+            study_uid="1.2.826.0.1.3680043.8.498.999",
+            series_uid="1.2.826.0.1.3680043.8.498.999.1",
+            sop_uid=f"1.2.826.0.1.3680043.8.498.999.1.{i + 1}",
+        )
+        ds = make_instance(inst, study_time=inst.acquisition, series_number=1, instance_number=i + 1)
+        ds.save_as(inst.path, enforce_file_format=True)
+        made.append(inst)
+    return made
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pacs]:
+    root = tmp_path_factory.mktemp("cold-pacs")
+    manifest = generate_corpus(root / "corpus", SPEC)
+    manifest += hostile_instances(root / "corpus", manifest[0])
+    scp_port, external_port = free_port(), free_port()
+    orthanc = OrthancPACS(
+        root / "orthanc",
+        modalities={
+            "niffler": ("NIFFLER", LOOPBACK, scp_port),
+            "external": ("EXTERNAL", LOOPBACK, external_port),
+        },
+    ).start()
+    orthanc.upload([i.path for i in manifest])
+    yield Pacs(orthanc, manifest, scp_port, external_port)
+    orthanc.stop()
+
+
+def run_cold(
+    pacs: Pacs, tmp_path: Path, rows: str, *args: str, name: str = "run", **keys: Any
+) -> tuple[Result, Path]:
+    storage = tmp_path / name / "storage"
+    storage.parent.mkdir(parents=True, exist_ok=True)
+    config = tmp_path / name / "cold.json"
+    config.write_text(json.dumps(pacs.config(storage, **keys)))
+    table = tmp_path / name / "rows.csv"
+    table.write_text(rows, encoding="utf-8")
+    result = CliRunner().invoke(main, ["--config", str(config), "--csv", str(table), *args])
+    return result, storage
+
+
+def retrieved(storage: Path, pattern: str = "*.dcm") -> set[str]:
+    """SOPInstanceUIDs of every DICOM file under *storage* (each read back from disk)."""
+    files = [p for p in storage.rglob(pattern) if p.is_file() and ".niffler-incoming" not in p.parts]
+    uids = [str(dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files]
+    assert len(uids) == len(set(uids)), "an instance was stored twice"
+    return set(uids)
+
+
+def sops(pacs: Pacs, keep: Callable[[Instance], bool]) -> set[str]:
+    found = {i.sop_uid for i in pacs.manifest if keep(i)}
+    assert found, "the test's expectation selects nothing"
+    return found
+
+
+def report(storage: Path) -> list[dict[str, str]]:
+    with open(storage / "retrieval-report.csv", newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+ROW_TYPES: list[tuple[str, Callable[[Pacs], str], dict[str, Any], Callable[[Instance], bool]]] = [
+    ("patient-id", lambda p: "PatientID\n000002\n", {}, lambda i: i.patient_id == "000002"),
+    (
+        "patient-id-leading-zeros",
+        lambda p: "PatientID\n000001\n",
+        {},
+        lambda i: i.patient_id == "000001",
+    ),
+    (
+        "patient-id+accession",
+        lambda p: "PatientID,AccessionNumber\n000001,ACC000000001\n",
+        {},
+        lambda i: i.accession == "ACC000000001",
+    ),
+    (
+        "study-uid+patient-id",
+        lambda p: f"StudyInstanceUID,PatientID\n{p.manifest[-3].study_uid},000003\n",
+        {},
+        lambda i: i.accession == "ACC000002001",
+    ),
+    (
+        "accession-alone",
+        lambda p: "AccessionNumber\nACC000001001\n",
+        {},
+        lambda i: i.accession == "ACC000001001",
+    ),
+    (
+        "study-date-in-day-first-format",
+        lambda p: "StudyDate\n15.02.2020\n",
+        {"DateFormat": "%d.%m.%Y"},
+        lambda i: i.study_date == "20200215",
+    ),
+    ("study-month", lambda p: "StudyMonth\n202003\n", {}, lambda i: i.study_date[:6] == "202003"),
+    (
+        "three-keys-legacy-columns",
+        lambda p: "EMPI,Acc,When\n000003,ACC000002001,20200415\n",
+        {"NumberOfQueryAttributes": 3},
+        lambda i: i.accession == "ACC000002001",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("rows", "keys", "expected"), [r[1:] for r in ROW_TYPES], ids=[r[0] for r in ROW_TYPES]
+)
+def test_each_row_type_retrieves_exactly_its_instances(
+    pacs: Pacs,
+    tmp_path: Path,
+    rows: Callable[[Pacs], str],
+    keys: dict[str, Any],
+    expected: Callable[[Instance], bool],
+) -> None:
+    result, storage = run_cold(pacs, tmp_path, rows(pacs), **keys)
+    assert result.exit_code == 0, result.output
+    want = sops(pacs, expected)
+    assert retrieved(storage) == want
+    [row] = report(storage)
+    assert row["status"] == "done"
+    assert int(row["instances_received"]) == int(row["instances_expected"]) == len(want)
+
+
+def test_c_get_retrieves_the_same_instances_without_an_inbound_port(pacs: Pacs, tmp_path: Path) -> None:
+    result, storage = run_cold(pacs, tmp_path, "StudyMonth\n202003\n", "--mode", "get")
+    assert result.exit_code == 0, result.output
+    assert retrieved(storage) == sops(pacs, lambda i: i.study_date[:6] == "202003")
+
+
+def test_external_destination_is_verified_by_the_pacs_counts(pacs: Pacs, tmp_path: Path) -> None:
+    with DcmtkStoreSCP(tmp_path / "external", aet="EXTERNAL", port=pacs.external_port):
+        result, storage = run_cold(pacs, tmp_path, "PatientID\n000002\n", DestAet="EXTERNAL")
+    assert result.exit_code == 0, result.output
+    assert retrieved(storage) == set()
+    assert retrieved(tmp_path / "external", "*") == sops(pacs, lambda i: i.patient_id == "000002")
+    assert report(storage)[0]["instances_received"] == "8"
+
+
+def cfind_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as handle:
+        return list(csv.DictReader(handle))
+
+
+def expected_studies(pacs: Pacs, detailed: bool) -> list[dict[str, str]]:
+    studies: dict[str, dict[str, str]] = {}
+    for i in pacs.manifest:
+        if i.patient_id == HOSTILE_ID:
+            continue
+        row = {
+            "PatientID": i.patient_id,
+            "StudyInstanceUID": i.study_uid,
+            "AccessionNumber": i.accession,
+            "StudyDescription": "CT CHEST",
+        }
+        if detailed:
+            row |= {
+                "StudyDate": i.study_date,
+                "StudyTime": "080000",
+                "DeviceSerialNumber": "SN0001",
+                "ProtocolName": "ROUTINE CHEST",
+                "PerformedProcedureStepDescription": "",
+                "NumberOfStudyRelatedSeries": "2",
+                "NumberOfStudyRelatedInstances": "4",
+                "AcquisitionDate": i.study_date,
+            }
+        studies[i.study_uid] = row
+    return list(studies.values())
+
+
+@pytest.mark.parametrize("how", ["FilePath", "--mode"])
+@pytest.mark.parametrize("detailed", [False, True], ids=["cfind-only", "cfind-detailed"])
+def test_cfind_outputs_match_the_pacs(pacs: Pacs, tmp_path: Path, detailed: bool, how: str) -> None:
+    mode = "cfind-detailed" if detailed else "cfind-only"
+    args, keys = (("--mode", mode), {}) if how == "--mode" else ((), {"FilePath": mode.upper()})
+    rows = "PatientID\n000001\n000002\n000003\n000001\n"
+    result, storage = run_cold(pacs, tmp_path, rows, *args, **keys)
+    assert result.exit_code == 0, result.output
+    got = cfind_rows(storage / "cfind-output.csv")
+    assert list(got[0]) == list(expected_studies(pacs, detailed)[0])  # the header is right
+    key = lambda r: r["StudyInstanceUID"]  # noqa: E731
+    assert sorted(got, key=key) == sorted(expected_studies(pacs, detailed), key=key)
+    assert retrieved(storage) == set()
+    assert [r["status"] for r in report(storage)] == ["done", "done", "done", "duplicate"]
+
+
+def orthanc_file_of(orthanc: OrthancPACS, sop_uid: str) -> Path:
+    [hit] = orthanc.rest("/tools/lookup", body=sop_uid.encode(), method="POST")
+    uuid = orthanc.rest(f"/instances/{hit['ID']}/attachments/dicom/info")["Uuid"]
+    return orthanc.workdir / "db" / uuid[:2] / uuid[2:4] / uuid
+
+
+def test_a_broken_study_is_retried_then_failed_while_other_rows_succeed_and_a_rerun_resumes(
+    orthanc_factory: Callable[..., OrthancPACS], pacs: Pacs, tmp_path: Path
+) -> None:
+    scp_port = free_port()
+    # No storage cache, so the PACS really reads the files it sends.
+    orthanc = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, scp_port)}, MaximumStorageCacheSize=0)
+    mine = [i for i in pacs.manifest if i.patient_id in ("000001", "000002")]
+    orthanc.upload([i.path for i in mine])
+    broken = [i for i in mine if i.accession == "ACC000000001"]
+    for inst in broken:  # the PACS still lists the study but cannot read its files
+        orthanc_file_of(orthanc, inst.sop_uid).unlink()
+    local = Pacs(orthanc, mine, scp_port, 0)
+    rows = "PatientID\n000001\n000002\n"
+
+    result, storage = run_cold(local, tmp_path, rows)
+    assert result.exit_code == 2, result.output
+    first, second = report(storage)
+    assert first["status"] == "failed" and first["attempts"] == "1"
+    assert "1 of 2 stud(ies) not retrieved" in first["error"]
+    assert first["error"].endswith("(after 2 attempts)")  # 1 + Retries
+    assert second["status"] == "done"
+    got = retrieved(storage)
+    assert got == {i.sop_uid for i in mine if i.accession != "ACC000000001"}
+    inodes = {p: p.stat().st_ino for p in storage.rglob("*.dcm")}
+
+    # Re-running the same command: done rows and done studies are not fetched again.
+    result, storage = run_cold(local, tmp_path, rows)
+    assert result.exit_code == 2, result.output
+    assert "1 done earlier" in result.output
+    assert {p: p.stat().st_ino for p in storage.rglob("*.dcm")} == inodes
+
+
+def test_a_stopped_pacs_fails_the_rows_and_a_rerun_after_it_returns_fetches_them(
+    orthanc_factory: Callable[..., OrthancPACS], pacs: Pacs, tmp_path: Path
+) -> None:
+    scp_port = free_port()
+    orthanc = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, scp_port)})
+    mine = [i for i in pacs.manifest if i.patient_id == "000003"]
+    orthanc.upload([i.path for i in mine])
+    local = Pacs(orthanc, mine, scp_port, 0)
+    orthanc.stop()
+    result, storage = run_cold(local, tmp_path, "PatientID\n000003\n")
+    assert result.exit_code == 2, result.output
+    [row] = report(storage)
+    assert row["status"] == "failed"
+    assert "connection refused" in row["error"] and row["error"].endswith("(after 2 attempts)")
+    assert retrieved(storage) == set()
+
+    orthanc.start()  # same ports, same database
+    result, storage = run_cold(local, tmp_path, "PatientID\n000003\n")
+    assert result.exit_code == 0, result.output
+    assert retrieved(storage) == {i.sop_uid for i in mine}
+
+
+def ledger_done(storage: Path) -> int:
+    try:
+        with sqlite3.connect(f"file:{storage / LEDGER_NAME}?mode=ro", uri=True) as db:
+            return int(db.execute(
+                "SELECT COUNT(*) FROM entries WHERE namespace = 'cold.rows' AND state = 'done'"
+            ).fetchone()[0])  # fmt: skip
+    except sqlite3.Error:
+        return 0
+
+
+def test_kill_9_mid_run_then_rerun_fetches_only_what_is_not_done(
+    orthanc_factory: Callable[..., OrthancPACS], tmp_path: Path
+) -> None:
+    manifest = generate_corpus(
+        tmp_path / "corpus", CorpusSpec(patients=24, studies_per_patient=1, series_per_study=1, seed=7)
+    )
+    scp_port = free_port()
+    orthanc = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, scp_port)})
+    orthanc.upload([i.path for i in manifest])
+    local = Pacs(orthanc, manifest, scp_port, 0)
+    storage = tmp_path / "storage"
+    config = tmp_path / "cold.json"
+    config.write_text(json.dumps(local.config(storage, TimeoutSeconds=60)))
+    table = tmp_path / "rows.csv"
+    table.write_text("PatientID\n" + "".join(f"{p}\n" for p in sorted({i.patient_id for i in manifest})))
+    cold = subprocess.Popen(
+        [sys.executable, "-m", "niffler.cold_extraction", "--config", str(config), "--csv", str(table)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    assert orthanc.proc is not None
+    try:
+        deadline = time.monotonic() + 60
+        while ledger_done(storage) < 2 and time.monotonic() < deadline and cold.poll() is None:
+            time.sleep(0.01)
+        os.kill(orthanc.proc.pid, signal.SIGSTOP)  # freeze the PACS mid-run, then crash Niffler
+        time.sleep(0.3)
+        cold.kill()
+        cold.wait(10)
+    finally:
+        os.kill(orthanc.proc.pid, signal.SIGCONT)
+    done = ledger_done(storage)
+    assert 2 <= done < 24, "the run must be killed part-way"
+    before = {p: p.stat().st_ino for p in storage.rglob("*.dcm")}
+
+    result = CliRunner().invoke(main, ["--config", str(config), "--csv", str(table)])
+    assert result.exit_code == 0, result.output
+    assert f"{done} done earlier" in result.output
+    assert retrieved(storage) == {i.sop_uid for i in manifest}
+    # Files of rows done before the kill were not fetched again (a re-fetch replaces the inode).
+    done_patients = {r["query"] for r in report(storage)}
+    assert len(done_patients) == 24
+    after = {p: p.stat().st_ino for p in storage.rglob("*.dcm")}
+    kept = [p for p in before if after.get(p) == before[p]]
+    assert len(kept) >= 2 * done  # two instances per done row
+
+
+def test_a_calling_ae_the_pacs_does_not_know_is_reported(pacs: Pacs, tmp_path: Path) -> None:
+    result, storage = run_cold(pacs, tmp_path, "PatientID\n000001\n", QueryAet=f"STRANGER:{free_port()}")
+    assert result.exit_code == 2, result.output
+    [row] = report(storage)
+    assert "aborted the association" in row["error"] and "STRANGER" in row["error"]
+
+
+def test_hostile_cells_are_data_not_commands_or_paths(pacs: Pacs, tmp_path: Path) -> None:
+    rows = f'PatientID\n"{HOSTILE_ID}"\n000001*\n'
+    result, storage = run_cold(pacs, tmp_path, rows)
+    assert result.exit_code == 2, result.output  # the wildcard row is refused
+    hostile, wildcard = report(storage)
+    assert hostile["status"] == "done" and json.loads(hostile["query"]) == {"PatientID": HOSTILE_ID}
+    assert wildcard["status"] == "invalid" and "wildcard" in wildcard["error"]
+    assert retrieved(storage) == sops(pacs, lambda i: i.patient_id == HOSTILE_ID)
+    root = storage.resolve()
+    for path in tmp_path.rglob("*"):
+        assert path.name != "PWNED"  # what `touch PWNED` would have made
+        if path.suffix == ".dcm":
+            assert root in path.resolve().parents
+    assert not Path("PWNED").exists()
+
+
+def test_malformed_rows_are_reported_by_line_and_the_rest_retrieved(pacs: Pacs, tmp_path: Path) -> None:
+    rows = "PatientID,StudyDate\n000001,2020-13-45\n,\n000002,20200215\n000003\n"
+    result, storage = run_cold(pacs, tmp_path, rows)
+    assert result.exit_code == 2, result.output
+    lines = {r["line"]: r for r in report(storage)}
+    assert lines["2"]["status"] == "invalid" and "DateFormat" in lines["2"]["error"]
+    assert lines["3"]["status"] == "invalid" and "blank" in lines["3"]["error"]
+    assert lines["4"]["status"] == "done"
+    assert lines["5"]["status"] == "invalid" and "column" in lines["5"]["error"]
+    assert retrieved(storage) == sops(pacs, lambda i: i.accession == "ACC000001000")
+
+
+def test_a_missing_csv_is_a_clear_error(pacs: Pacs, tmp_path: Path) -> None:
+    config = tmp_path / "cold.json"
+    config.write_text(json.dumps(pacs.config(tmp_path / "s")))
+    result = CliRunner().invoke(main, ["--config", str(config), "--csv", str(tmp_path / "nope.csv")])
+    assert result.exit_code == 1
+    assert "nope.csv does not exist" in result.output
+
+
+def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
+    config = tmp_path / "cold.json"
+    config.write_text(
+        json.dumps({"SrcAet": f"ORTHANC@{LOOPBACK}:{free_port()}", "StorageFolder": str(tmp_path / "s")})
+    )
+    table = tmp_path / "rows.csv"
+    table.write_text("PatientID,StudyMonth\n000001,202002\n,x\n")
+    result = CliRunner().invoke(main, ["--config", str(config), "--csv", str(table), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    assert "line 2: C-FIND STUDY PatientID=000001 StudyDate=20200201-20200229 -> move" in result.output
+    assert "line 3: invalid: StudyMonth must be YYYYMM" in result.output
+    assert not (tmp_path / "s").exists()
+
+
+def test_completion_mail_carries_counts_not_identifiers(
+    pacs: Pacs, tmp_path: Path, smtp_sink: tuple[int, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, messages = smtp_sink
+    monkeypatch.setenv("NIFFLER_SMTP_HOST", LOOPBACK)
+    monkeypatch.setenv("NIFFLER_SMTP_PORT", str(port))
+    result, _ = run_cold(
+        pacs, tmp_path, "AccessionNumber\nACC000000000\n", SendEmail="true", YourEmail="team@example.org"
+    )
+    assert result.exit_code == 0, result.output
+    [message] = messages
+    assert "To: team@example.org" in message and "completed" in message
+    assert "1 row(s): 1 retrieved" in message and "4 instance(s)" in message
+    assert "ACC000000000" not in message and "000001" not in message
+
+
+def test_echo_succeeds_and_diagnoses_failures(pacs: Pacs, tmp_path: Path) -> None:
+    def echo(src: str) -> Result:
+        config = tmp_path / "cold.json"
+        config.write_text(json.dumps({"SrcAet": src, "TimeoutSeconds": 5}))
+        return CliRunner().invoke(main, ["--config", str(config), "echo"])
+
+    ok = echo(f"ORTHANC@{LOOPBACK}:{pacs.orthanc.dicom_port}")
+    assert ok.exit_code == 0 and "0x0000 (Success)" in ok.output
+    wrong_title = echo(f"NOTORTHANC@{LOOPBACK}:{pacs.orthanc.dicom_port}")
+    assert wrong_title.exit_code == 1
+    assert "rejected the association: Called AE title not recognised" in wrong_title.output
+    closed = echo(f"ORTHANC@{LOOPBACK}:{free_port()}")
+    assert closed.exit_code == 1 and "connection refused" in closed.output
