@@ -59,7 +59,8 @@ def baseline(orthanc: OrthancPACS, rows: list[tuple[str, str]], out: Path, port:
 def niffler(config: Path, table: Path, storage: Path) -> float:
     shutil.rmtree(storage, ignore_errors=True)
     start = time.perf_counter()
-    cmd = [sys.executable, "-m", "niffler.cold_extraction", "--config", str(config), "--csv", str(table), "-q"]
+    cmd = [sys.executable, "-m", "niffler.cold_extraction", "--config", str(config), "--csv", str(table)]
+    cmd.append("-q")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
@@ -74,7 +75,9 @@ def sop_uids(folder: Path) -> set[str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--images", type=int, default=10, help="instances per study")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 4], help="MaxNifflerProcesses to try")
@@ -106,7 +109,8 @@ def main() -> None:
         times |= {f"niffler-cold x{w}": [] for w in args.workers}
         want = {i.sop_uid for i in corpus}
         for repeat in range(args.repeats):
-            times["baseline findscu+movescu"].append(baseline(orthanc, rows, work / "out-baseline", base_port))
+            seconds = baseline(orthanc, rows, work / "out-baseline", base_port)
+            times["baseline findscu+movescu"].append(seconds)
             assert sop_uids(work / "out-baseline") == want, "the baseline missed instances"
             line = [f"baseline {times['baseline findscu+movescu'][-1]:.2f} s"]
             for workers, config in configs.items():
