@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -82,6 +83,7 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
         _dry_run(config, csv_path)
         return
     log_config(config)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finish the report, keep the ledger
     summary = ColdRun(config, csv_path, fresh=options["fresh"]).run()
     click.echo(summary.describe(), err=True)
     click.echo(f"report: {summary.report}", err=True)
@@ -89,6 +91,10 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
         sys.exit(130)
     if not summary.ok:
         sys.exit(EXIT_ROWS_FAILED)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _dry_run(config: ColdConfig, csv_path: Path) -> None:

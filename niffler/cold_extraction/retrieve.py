@@ -284,8 +284,12 @@ class PacsSession:
         """Abort the association (after a failure, or to interrupt a transfer in flight)."""
         with self._lock:
             assoc, self._assoc = self._assoc, None
-        if assoc is not None and assoc.is_established:
-            assoc.abort()
+        if assoc is not None:
+            if assoc.is_established:
+                assoc.abort()
+            # Wake a worker waiting for a response: pynetdicom's wait ends only
+            # at the DIMSE timeout otherwise; (None, None) is what it reads then.
+            assoc.dimse.msg_queue.put((None, None))
 
     def close(self) -> None:
         """Release the association politely."""

@@ -234,7 +234,7 @@ class ColdRun:
             finally:
                 progress.close()
                 if receiver is not None:
-                    receiver.stop()
+                    receiver.stop(grace=1.0 if self.summary.interrupted else 5.0)
             self.summary.seconds = time.monotonic() - started
             self.summary.instances = self.receipts.instances
             self.summary.bytes = self.receipts.bytes
@@ -265,8 +265,17 @@ class ColdRun:
             self.stop.set()
             for session in sessions:
                 session.drop()
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    jobs.get_nowait()
+            for _ in threads:
+                with contextlib.suppress(queue.Full):
+                    jobs.put_nowait(None)
+            # A worker blocked in a transfer the abort cut short waits out its DIMSE
+            # timeout; it marks nothing once stopped, so it is not waited for long.
+            grace = time.monotonic() + 3.0
             for thread in threads:
-                thread.join(30)
+                thread.join(max(0.0, grace - time.monotonic()))
 
     def _put(self, jobs: queue.Queue[Query | None], item: Query | None) -> None:
         while True:

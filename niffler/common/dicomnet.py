@@ -585,13 +585,28 @@ class StorageSCP:
         log.info("Storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
         return self
 
-    def stop(self) -> None:
-        """Stop listening; associations in flight are closed by pynetdicom."""
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop listening; give associations in flight *grace* seconds to finish, then abort them.
+
+        pynetdicom's shutdown only closes the listening socket: an association
+        left open (a peer that hangs) would keep its non-daemon thread, and so
+        the process, alive.
+        """
         with self._lock:
             server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            log.info("Storage SCP %s stopped", self.ae_title)
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace
+        active = server.active_associations
+        while active and time.monotonic() < deadline:
+            time.sleep(0.05)
+            active = server.active_associations
+        for assoc in active:
+            assoc.abort()
+        if active:
+            log.warning("Storage SCP %s aborted %d association(s) still open", self.ae_title, len(active))
+        log.info("Storage SCP %s stopped", self.ae_title)
 
     def __enter__(self) -> StorageSCP:
         return self.start()

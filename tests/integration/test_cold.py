@@ -311,19 +311,29 @@ def ledger_done(storage: Path) -> int:
         return 0
 
 
-def test_kill_9_mid_run_then_rerun_fetches_only_what_is_not_done(
-    orthanc_factory: Callable[..., OrthancPACS], tmp_path: Path
-) -> None:
+@dataclasses.dataclass
+class Background:
+    """niffler-cold running as its own process against a PACS frozen (SIGSTOP) after two rows."""
+
+    cold: subprocess.Popen[bytes]
+    orthanc: OrthancPACS
+    manifest: list[Instance]
+    config: Path
+    table: Path
+    storage: Path
+
+
+@pytest.fixture
+def frozen_mid_run(orthanc_factory: Callable[..., OrthancPACS], tmp_path: Path) -> Iterator[Background]:
     manifest = generate_corpus(
         tmp_path / "corpus", CorpusSpec(patients=24, studies_per_patient=1, series_per_study=1, seed=7)
     )
     scp_port = free_port()
     orthanc = orthanc_factory({"niffler": ("NIFFLER", LOOPBACK, scp_port)})
     orthanc.upload([i.path for i in manifest])
-    local = Pacs(orthanc, manifest, scp_port, 0)
     storage = tmp_path / "storage"
     config = tmp_path / "cold.json"
-    config.write_text(json.dumps(local.config(storage, TimeoutSeconds=60)))
+    config.write_text(json.dumps(Pacs(orthanc, manifest, scp_port, 0).config(storage, TimeoutSeconds=60)))
     table = tmp_path / "rows.csv"
     table.write_text("PatientID\n" + "".join(f"{p}\n" for p in sorted({i.patient_id for i in manifest})))
     cold = subprocess.Popen(
@@ -332,30 +342,49 @@ def test_kill_9_mid_run_then_rerun_fetches_only_what_is_not_done(
         stderr=subprocess.DEVNULL,
     )
     assert orthanc.proc is not None
+    pid = orthanc.proc.pid
     try:
         deadline = time.monotonic() + 60
         while ledger_done(storage) < 2 and time.monotonic() < deadline and cold.poll() is None:
             time.sleep(0.01)
-        os.kill(orthanc.proc.pid, signal.SIGSTOP)  # freeze the PACS mid-run, then crash Niffler
+        os.kill(pid, signal.SIGSTOP)  # freeze the PACS mid-run
         time.sleep(0.3)
-        cold.kill()
-        cold.wait(10)
+        yield Background(cold, orthanc, manifest, config, table, storage)
     finally:
-        os.kill(orthanc.proc.pid, signal.SIGCONT)
-    done = ledger_done(storage)
-    assert 2 <= done < 24, "the run must be killed part-way"
-    before = {p: p.stat().st_ino for p in storage.rglob("*.dcm")}
+        os.kill(pid, signal.SIGCONT)
+        if cold.poll() is None:
+            cold.kill()
+            cold.wait(10)
 
-    result = CliRunner().invoke(main, ["--config", str(config), "--csv", str(table)])
+
+def test_kill_9_mid_run_then_rerun_fetches_only_what_is_not_done(frozen_mid_run: Background) -> None:
+    run = frozen_mid_run
+    run.cold.kill()
+    run.cold.wait(10)
+    os.kill(run.orthanc.proc.pid, signal.SIGCONT)  # type: ignore[union-attr]
+    done = ledger_done(run.storage)
+    assert 2 <= done < 24, "the run must be killed part-way"
+    before = {p: p.stat().st_ino for p in run.storage.rglob("*.dcm")}
+
+    result = CliRunner().invoke(main, ["--config", str(run.config), "--csv", str(run.table)])
     assert result.exit_code == 0, result.output
     assert f"{done} done earlier" in result.output
-    assert retrieved(storage) == {i.sop_uid for i in manifest}
+    assert retrieved(run.storage) == {i.sop_uid for i in run.manifest}
+    assert [r["status"] for r in report(run.storage)] == ["done"] * 24
     # Files of rows done before the kill were not fetched again (a re-fetch replaces the inode).
-    done_patients = {r["query"] for r in report(storage)}
-    assert len(done_patients) == 24
-    after = {p: p.stat().st_ino for p in storage.rglob("*.dcm")}
+    after = {p: p.stat().st_ino for p in run.storage.rglob("*.dcm")}
     kept = [p for p in before if after.get(p) == before[p]]
     assert len(kept) >= 2 * done  # two instances per done row
+
+
+def test_sigterm_stops_cleanly_with_a_report_and_exit_130(frozen_mid_run: Background) -> None:
+    run = frozen_mid_run
+    run.cold.send_signal(signal.SIGTERM)
+    assert run.cold.wait(10) == 130
+    statuses = [r["status"] for r in report(run.storage)]
+    assert len(statuses) == 24 and statuses.count("done") == ledger_done(run.storage) >= 2
+    assert set(statuses) <= {"done", "not-finished", "not-attempted"} and "done" in statuses
+    assert not set(statuses) <= {"done"}, "rows in flight must not be reported done"
 
 
 def test_a_calling_ae_the_pacs_does_not_know_is_reported(pacs: Pacs, tmp_path: Path) -> None:
