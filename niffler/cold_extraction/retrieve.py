@@ -169,7 +169,8 @@ class Receipts:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
-        self._study_locks: dict[str, threading.Lock] = {}
+        #: Per study in transfer: its lock and how many workers hold or wait for it.
+        self._study_locks: dict[str, tuple[threading.Lock, int]] = {}
         self.instances = 0
         self.bytes = 0
 
@@ -185,18 +186,28 @@ class Receipts:
 
     @contextlib.contextmanager
     def exclusive(self, study_uid: str) -> Iterator[None]:
-        """Hold the study while it is transferred; its count starts again at zero."""
+        """Hold the study while it is transferred; its count starts again at zero.
+
+        A study's lock is forgotten only when no worker holds or waits for it,
+        so a third worker can never get a fresh lock while a second still
+        waits on the first one's.
+        """
         with self._lock:
-            study_lock = self._study_locks.setdefault(study_uid, threading.Lock())
-        with study_lock:
-            with self._lock:
-                self._counts[study_uid] = 0
-            try:
-                yield
-            finally:
+            study_lock, users = self._study_locks.get(study_uid, (threading.Lock(), 0))
+            self._study_locks[study_uid] = (study_lock, users + 1)
+        try:
+            with study_lock:
                 with self._lock:
+                    self._counts[study_uid] = 0
+                yield
+        finally:
+            with self._lock:
+                _, users = self._study_locks[study_uid]
+                if users == 1:
+                    del self._study_locks[study_uid]
                     self._counts.pop(study_uid, None)
-                    self._study_locks.pop(study_uid, None)
+                else:
+                    self._study_locks[study_uid] = (study_lock, users - 1)
 
 
 def _text(value: Any) -> str:

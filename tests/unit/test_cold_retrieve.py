@@ -97,3 +97,28 @@ def test_mode_follows_upstream_filepath_sentinels() -> None:
     assert ColdConfig(Mode="get").mode == "get"
     with pytest.raises(ConfigError, match="needs a FilePath template"):
         ColdConfig(FilePath="CFIND-ONLY", Mode="get")
+
+
+def test_a_row_arriving_after_the_first_left_still_waits_for_the_second() -> None:
+    receipts = Receipts()
+    entered = [threading.Event() for _ in range(3)]
+    leave = [threading.Event() for _ in range(3)]
+
+    def worker(i: int) -> None:
+        with receipts.exclusive("S"):
+            entered[i].set()
+            leave[i].wait(5)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(3)]
+    threads[0].start()
+    assert entered[0].wait(5)
+    threads[1].start()  # waits for the first
+    leave[0].set()
+    assert entered[1].wait(5)
+    threads[2].start()  # arrives while the second holds the study
+    assert not entered[2].wait(0.3)
+    leave[1].set()
+    assert entered[2].wait(5)
+    leave[2].set()
+    for t in threads:
+        t.join(5)
