@@ -11,9 +11,9 @@ import click
 
 from niffler import __version__
 from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, ColdConfig
-from niffler.cold_extraction.plan import Query
+from niffler.cold_extraction.plan import Query, read_plan
 from niffler.cold_extraction.retrieve import echo
-from niffler.cold_extraction.run import ColdRun, planned_queries
+from niffler.cold_extraction.run import ColdRun
 from niffler.common.cli import fail_cleanly, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.common.dicomnet import AEAddress
@@ -101,7 +101,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _dry_run(config: ColdConfig, csv_path: Path) -> None:
     """Print each row's plan: line, how it is served, and the C-FIND identifiers."""
     mode = config.mode
-    for item in planned_queries(config, csv_path):
+    for item in read_plan(csv_path, config):
         if isinstance(item, Query):
             keys = " ".join(f"{k}={v}" for k, v in item.identifiers.items())
             click.echo(f"line {item.line}: C-FIND STUDY {keys} -> {mode}")

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
 from pynetdicom import AE, StoragePresentationContexts, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
@@ -42,6 +43,7 @@ from niffler.common.dicomnet import (
     AEAddress,
     InstanceWriter,
     StoredInstance,
+    associate,
     open_association,
 )
 from niffler.common.errors import AssociationError
@@ -213,9 +215,18 @@ class Receipts:
 def _text(value: Any) -> str:
     if value is None:
         return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+    if isinstance(value, (list, tuple, MultiValue)):
         return "\\".join(str(v) for v in value)
     return str(value)
+
+
+def _new_ae(calling_aet: str, timeout: float) -> AE:
+    """Return an AE whose waits all end after *timeout* (association set-up after 30 s at most)."""
+    ae = AE(ae_title=calling_aet)
+    ae.acse_timeout = min(timeout, 30.0)
+    ae.dimse_timeout = timeout
+    ae.network_timeout = timeout
+    return ae
 
 
 def _count(status: Dataset, keyword: str) -> int | None:
@@ -253,11 +264,13 @@ class PacsSession:
         self._assoc: Association | None = None
         self._lock = threading.Lock()
 
+    @property
+    def verb(self) -> str:
+        """The retrieval this session does: ``C-GET`` or ``C-MOVE``."""
+        return "C-GET" if self.mode == "get" else "C-MOVE"
+
     def _build_ae(self) -> AE:
-        ae = AE(ae_title=self.calling_aet)
-        ae.acse_timeout = min(self.timeout, 30.0)
-        ae.dimse_timeout = self.timeout
-        ae.network_timeout = self.timeout
+        ae = _new_ae(self.calling_aet, self.timeout)
         ae.maximum_pdu_size = 0  # no limit: large PDUs for C-GET's incoming stores
         ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
         if self.mode == "move":
@@ -360,24 +373,19 @@ class PacsSession:
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = study_uid
-        if self.mode == "get":
-            verb = "C-GET"
 
-            def send(a: Association) -> Iterator[tuple[Dataset, Dataset | None]]:
+        def send(a: Association) -> Iterator[tuple[Dataset, Dataset | None]]:
+            if self.mode == "get":
                 return a.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
-        else:
-            verb = "C-MOVE"
-
-            def send(a: Association) -> Iterator[tuple[Dataset, Dataset | None]]:
-                return a.send_c_move(query, self.move_destination, StudyRootQueryRetrieveInformationModelMove)
+            return a.send_c_move(query, self.move_destination, StudyRootQueryRetrieveInformationModelMove)
 
         final: Dataset | None = None
         code = 0
-        for code, status, _ in self._responses(send, verb):
+        for code, status, _ in self._responses(send, self.verb):
             if code not in _PENDING:
                 final = status
         if final is None:
-            raise RetrievalFailed(f"{verb}: the PACS sent no final response")
+            raise RetrievalFailed(f"{self.verb}: the PACS sent no final response")
         return Transfer(
             status=code,
             completed=_count(final, "NumberOfCompletedSuboperations"),
@@ -389,17 +397,10 @@ class PacsSession:
 
 def echo(peer: AEAddress, calling_aet: str, timeout: float = 10.0) -> str:
     """C-ECHO *peer*; return its status description or raise AssociationError saying what failed."""
-    ae = AE(ae_title=calling_aet)
-    ae.acse_timeout = timeout
-    ae.dimse_timeout = timeout
-    ae.network_timeout = timeout
+    ae = _new_ae(calling_aet, timeout)
     ae.add_requested_context(Verification)
-    assoc = open_association(ae, peer)
-    try:
+    with associate(ae, peer) as assoc:
         status = assoc.send_c_echo()
-    finally:
-        if assoc.is_established:
-            assoc.release()
     if not status or "Status" not in status:
         raise AssociationError(f"{peer} accepted the association but did not answer C-ECHO")
     code = int(status.Status)

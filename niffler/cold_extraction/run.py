@@ -26,7 +26,7 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -50,7 +50,7 @@ from niffler.common.errors import ConfigError
 from niffler.common.ledger import Ledger, State
 from niffler.common.notify import send_completion
 
-__all__ = ["CFIND_OUTPUT", "LEDGER_NAME", "REPORT_NAME", "ColdRun", "Summary", "planned_queries"]
+__all__ = ["CFIND_OUTPUT", "LEDGER_NAME", "REPORT_NAME", "ColdRun", "Summary"]
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,6 @@ class Summary:
             f"{self.instances} instance(s), {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
             f"({rate:.1f} MB/s)"
         )
-
-
-def planned_queries(config: ColdConfig, csv_path: Path) -> Iterator[Query | RowError]:
-    """The rows of *csv_path* as planned queries (for --dry-run and the report)."""
-    return read_plan(csv_path, config)
 
 
 @dataclass
@@ -174,6 +169,7 @@ class ColdRun:
             "cfind-only": CFIND_ONLY_KEYS,
             "cfind-detailed": CFIND_DETAILED_KEYS,
         }.get(self.mode, RESOLVE_KEYS)
+        self.peer = AEAddress.parse(config.SrcAet, "SrcAet")
         self.query_aet = AEAddress.parse(config.QueryAet, "QueryAet")
         self.local_receiver = self.mode == "move" and config.DestAet.strip() in ("", self.query_aet.title)
         self.stop = threading.Event()
@@ -185,18 +181,14 @@ class ColdRun:
 
     # -- set-up -----------------------------------------------------------
 
-    def _session(self) -> PacsSession:
-        writer = None
-        if self.mode == "get":
-            writer = InstanceWriter(self.storage, self.config.FilePath)
-            writer.prepare()
+    def _session(self, writer: InstanceWriter | None) -> PacsSession:
         counts = self.mode == "get" or self.local_receiver
         return PacsSession(
-            peer=AEAddress.parse(self.config.SrcAet, "SrcAet"),
+            peer=self.peer,
             calling_aet=self.query_aet.title,
             mode=self.mode,
             timeout=self.config.TimeoutSeconds,
-            move_destination=self.config.DestAet.strip() or self.query_aet.title,
+            move_destination=self.config.DestAet.strip(),
             receipts=self.receipts if counts else None,
             writer=writer,
         )
@@ -219,7 +211,7 @@ class ColdRun:
     def run(self) -> Summary:
         """Serve every row; return the summary (``interrupted`` set after Ctrl-C)."""
         started = time.monotonic()
-        total = sum(1 for _ in planned_queries(self.config, self.csv_path))
+        total = sum(1 for _ in read_plan(self.csv_path, self.config))
         self.storage.mkdir(parents=True, exist_ok=True)
         with Ledger(self.storage / LEDGER_NAME) as ledger:
             self.ledger = ledger
@@ -245,7 +237,11 @@ class ColdRun:
     def _serve_all(self, progress: _Progress) -> None:
         workers = self.config.MaxNifflerProcesses
         jobs: queue.Queue[Query | None] = queue.Queue(maxsize=2 * workers)
-        sessions = [self._session() for _ in range(workers)]
+        writer = None
+        if self.mode == "get":  # one writer for every C-GET association
+            writer = InstanceWriter(self.storage, self.config.FilePath)
+            writer.prepare()
+        sessions = [self._session(writer) for _ in range(workers)]
         threads = [
             threading.Thread(target=self._work, args=(s, jobs, progress), name=f"cold-{i}", daemon=True)
             for i, s in enumerate(sessions)
@@ -289,7 +285,7 @@ class ColdRun:
     def _feed(self, jobs: queue.Queue[Query | None], progress: _Progress) -> None:
         assert self.ledger is not None
         seen: set[str] = set()
-        for item in planned_queries(self.config, self.csv_path):
+        for item in read_plan(self.csv_path, self.config):
             self.summary.rows += 1
             if isinstance(item, RowError):
                 self.summary.invalid += 1
@@ -383,7 +379,6 @@ class ColdRun:
         prior = self.ledger.get(STUDIES, study_uid)
         if prior is not None and prior.state is State.DONE:
             return int(prior.detail.get("received") or 0)
-        verb = "C-GET" if self.mode == "get" else "C-MOVE"
 
         def attempt() -> int:
             if session.receipts is None:
@@ -391,7 +386,7 @@ class ColdRun:
             else:
                 with session.receipts.exclusive(study_uid):
                     transfer = session.transfer(study_uid)
-            problem = verify_transfer(transfer, expected, verb)
+            problem = verify_transfer(transfer, expected, session.verb)
             if problem:
                 raise RetrievalFailed(problem)
             return transfer.received if transfer.received is not None else transfer.completed or 0
@@ -464,7 +459,7 @@ class ColdRun:
             matches = csv.writer(output_handle) if output_handle is not None else None
             if matches is not None:
                 matches.writerow(self.return_keys)
-            for item in planned_queries(self.config, self.csv_path):
+            for item in read_plan(self.csv_path, self.config):
                 if isinstance(item, RowError):
                     report.writerow([item.line, "invalid", "", "", "", "", "", "", item.message])
                     continue
