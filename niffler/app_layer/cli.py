@@ -11,7 +11,6 @@ import click
 import pandas as pd
 from pymongo.errors import PyMongoError
 
-from niffler import __version__
 from niffler.app_layer.config import AppConfig
 from niffler.app_layer.pipelines import validate_day
 from niffler.app_layer.reports import (
@@ -24,7 +23,7 @@ from niffler.app_layer.reports import (
     utilization_report,
     write_report,
 )
-from niffler.common.cli import fail_cleanly, setup_logging
+from niffler.common.cli import fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.common.errors import InputError, StoreUnavailable
 from niffler.common.store import Store, attach_store, open_store, resolve_uri
@@ -105,9 +104,7 @@ def _scanners(config: AppConfig, scanner_file: str | None) -> list[str]:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="JSON config, e.g. configs/app_layer.json")  # fmt: skip
 @click.option("--mongo-uri", help="mongodb:// URI of the store (overrides MongoURI)")
-@click.option("-v", "--verbose", count=True, help="more logging")
-@click.option("-q", "--quiet", count=True, help="less logging")
-@click.version_option(__version__, prog_name="niffler-scanner-util")
+@logging_options("niffler-scanner-util")
 @click.pass_context
 @fail_cleanly
 def main(

@@ -9,12 +9,11 @@ from typing import Any
 
 import click
 
-from niffler import __version__
 from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, ColdConfig
 from niffler.cold_extraction.plan import Query, read_plan
 from niffler.cold_extraction.retrieve import echo
 from niffler.cold_extraction.run import ColdRun
-from niffler.common.cli import fail_cleanly, setup_logging
+from niffler.common.cli import fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.common.dicomnet import AEAddress
 from niffler.common.errors import ConfigError, InputError
@@ -50,9 +49,7 @@ def load_cold_config(config_paths: tuple[Path, ...], overrides: dict[str, Any]) 
 @click.option("--workers", type=click.IntRange(1, 64), help="concurrent associations (MaxNifflerProcesses)")
 @click.option("--dry-run", is_flag=True, help="print the planned queries and exit; nothing is sent")
 @click.option("--fresh", is_flag=True, help="forget earlier progress and serve every row again")
-@click.option("-v", "--verbose", count=True, help="more logging (-vv: DICOM traffic too)")
-@click.option("-q", "--quiet", count=True, help="less logging")
-@click.version_option(__version__, prog_name="niffler-cold")
+@logging_options("niffler-cold")
 @click.pass_context
 @fail_cleanly
 def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> None:

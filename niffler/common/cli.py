@@ -19,7 +19,7 @@ import click
 from niffler import __version__
 from niffler.common.errors import NifflerError
 
-__all__ = ["fail_cleanly", "not_implemented_command", "setup_logging"]
+__all__ = ["fail_cleanly", "logging_options", "setup_logging"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -38,6 +38,17 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     logging.getLogger(__name__).debug("niffler %s, pid %d", __version__, os.getpid())
 
 
+def logging_options(prog_name: str) -> Callable[[F], F]:
+    """Add the options every command shares: -v/--verbose, -q/--quiet (counted) and --version."""
+
+    def decorate(func: F) -> F:
+        func = click.version_option(__version__, prog_name=prog_name)(func)
+        func = click.option("-q", "--quiet", count=True, help="less logging")(func)
+        return click.option("-v", "--verbose", count=True, help="more logging (-vv: DICOM traffic too)")(func)
+
+    return decorate
+
+
 def fail_cleanly(func: F) -> F:
     """Wrap a click command so NifflerError prints one line and exits non-zero."""
 
@@ -53,16 +64,3 @@ def fail_cleanly(func: F) -> F:
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
-
-
-def not_implemented_command(name: str, issue: int) -> click.Command:
-    """Return a console command that says it is not implemented yet and exits 3."""
-
-    @click.command(name=name, context_settings={"ignore_unknown_options": True})
-    @click.version_option(__version__, prog_name=name)
-    @click.argument("args", nargs=-1, type=click.UNPROCESSED)
-    def command(args: tuple[str, ...]) -> None:
-        click.echo(f"{name}: not implemented yet (tracked in issue {issue})", err=True)
-        sys.exit(3)
-
-    return command

@@ -11,8 +11,7 @@ from typing import Any
 
 import click
 
-from niffler import __version__
-from niffler.common.cli import fail_cleanly, setup_logging
+from niffler.common.cli import fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.common.dicomnet import AEAddress
 from niffler.common.store import attach_store, resolve_uri
@@ -49,9 +48,7 @@ def load_meta_config(
 @click.option("--aet", help="AE title to listen as (overrides QueryAet's title)")
 @click.option("--port", type=click.IntRange(1, 65535), help="port to listen on (overrides QueryAet's port)")
 @click.option("--mongo-uri", help="mongodb:// URI of the store (overrides MongoURI)")
-@click.option("-v", "--verbose", count=True, help="more logging (-vv: DICOM traffic too)")
-@click.option("-q", "--quiet", count=True, help="less logging")
-@click.version_option(__version__, prog_name="niffler-meta")
+@logging_options("niffler-meta")
 @click.pass_context
 @fail_cleanly
 def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> None:

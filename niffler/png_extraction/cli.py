@@ -9,8 +9,7 @@ from typing import Any
 
 import click
 
-from niffler import __version__
-from niffler.common.cli import fail_cleanly, setup_logging
+from niffler.common.cli import fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.png_extraction.config import LEVELS, PngConfig
 from niffler.png_extraction.pipeline import run
@@ -46,9 +45,7 @@ def load_png_config(config_path: Path | None, overrides: dict[str, Any]) -> PngC
 @click.option("--fresh", is_flag=True, help="forget earlier progress and convert everything again")
 @click.option("--retry-failed", is_flag=True, help="convert files that failed in an earlier run again")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="run the conversions on this Dask cluster")
-@click.option("-v", "--verbose", count=True, help="more logging")
-@click.option("-q", "--quiet", count=True, help="less logging")
-@click.version_option(__version__, prog_name="niffler-png")
+@logging_options("niffler-png")
 @fail_cleanly
 def main(
     config_path: Path | None,
