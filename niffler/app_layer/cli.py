@@ -9,6 +9,7 @@ from typing import Any
 
 import click
 import pandas as pd
+from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
 from niffler.app_layer.config import AppConfig
@@ -53,6 +54,15 @@ def _store(config: AppConfig) -> Iterator[Store]:
         raise StoreUnavailable(f"the metadata store failed during the report: {type(exc).__name__}") from None
     finally:
         store.close()
+
+
+@contextlib.contextmanager
+def _indexed_collection(config: AppConfig) -> Iterator[Collection[dict[str, Any]]]:
+    """Yield the featureset collection the reports read, with the indexes their pipelines use."""
+    with _store(config) as store:
+        collection = store.db[config.Collection]
+        ensure_indexes(collection)
+        yield collection
 
 
 def _range(date: str | None, date_from: str | None, date_to: str | None, required: bool) -> tuple[str, str]:
@@ -134,9 +144,7 @@ def utilization(config: AppConfig, date: str | None, date_from: str | None, date
                 modalities: tuple[str, ...], plot: Path | None) -> None:  # fmt: skip
     """Per scanner per day: utilization %, patients, encounters, studies, series, idle gaps."""
     first, last = _range(date, date_from, date_to, required=True)
-    with _store(config) as store:
-        collection = store.db[config.Collection]
-        ensure_indexes(collection)
+    with _indexed_collection(config) as collection:
         report = utilization_report(
             collection, first, last,
             gap_minutes=config.EncounterGapMinutes if gap is None else gap,
@@ -157,9 +165,7 @@ def clock_skew(config: AppConfig, date_from: str | None, date_to: str | None, sc
                out: Path | None, threshold: float | None, plot: Path | None) -> None:  # fmt: skip
     """Per scanner: skew between acquisition and arrival (hours); misconfigured clocks flagged."""
     first, last = _range(None, date_from, date_to, required=False)
-    with _store(config) as store:
-        collection = store.db[config.Collection]
-        ensure_indexes(collection)
+    with _indexed_collection(config) as collection:
         report = clock_report(
             collection, first or None, last or None,
             threshold_hours=config.SkewThresholdHours if threshold is None else threshold,
@@ -192,9 +198,7 @@ def study_times(config: AppConfig, date_from: str | None, date_to: str | None, s
                 out: Path | None) -> None:  # fmt: skip
     """Per study: earliest and latest acquisition date-time."""
     first, last = _range(None, date_from, date_to, required=False)
-    with _store(config) as store:
-        collection = store.db[config.Collection]
-        ensure_indexes(collection)
+    with _indexed_collection(config) as collection:
         report = study_times_report(collection, first or None, last or None,
                                     scanners=_scanners(config, scanner_file))  # fmt: skip
     _show(report, write_report(report, out or Path("study-times.csv")))
