@@ -30,6 +30,7 @@ from benchlib import run_measuring_rss
 from pymongo import MongoClient
 
 from niffler.app_layer.reports import clock_report, ensure_indexes, utilization_report
+from niffler.common.summary import backfill_summary, summary_collection
 from niffler.testing.peers import SecantusServer
 
 DATABASE = "ScannersInfo"
@@ -75,6 +76,7 @@ def fill(uri: str, total: int) -> None:
         collection = client[DATABASE]["featureset"]
         if collection.estimated_document_count() >= total * 0.9:
             print(f"store already holds {collection.estimated_document_count()} documents; reused")
+            summarise(collection)
             return
         collection.drop()
         start = time.perf_counter()
@@ -86,8 +88,20 @@ def fill(uri: str, total: int) -> None:
                 batch = []
         if batch:
             collection.insert_many(batch, ordered=False)
-        ensure_indexes(collection)
         print(f"inserted in {time.perf_counter() - start:.0f} s")
+        summarise(collection)
+
+
+def summarise(collection: Any) -> None:
+    """Build the per-study summaries niffler-meta keeps while it extracts, as it does for an older store."""
+    if summary_collection(collection).find_one({}, {"_id": 1}) is None:
+        start = time.perf_counter()
+        studies = backfill_summary(collection)
+        print(
+            f"summarised {studies} studies in {time.perf_counter() - start:.0f} s (niffler-meta's one-time "
+            "backfill of a store written before summaries)"
+        )
+    ensure_indexes(collection)
 
 
 def timed(repeats: int, call: Any) -> tuple[float, Any]:

@@ -24,15 +24,16 @@ from pymongo.collection import Collection
 
 from niffler.app_layer.utilization import parse_acquisition
 from niffler.common.errors import InputError
+from niffler.common.summary import summary_collection, summary_from_series_pipeline
 
 __all__ = [
-    "clock_pipeline",
     "fetch_clock_studies",
     "fetch_scanners",
     "fetch_studies",
     "scanners_pipeline",
     "series_filter",
     "study_pipeline",
+    "summary_filter",
     "validate_day",
 ]
 
@@ -66,13 +67,7 @@ def series_filter(
 ) -> dict[str, Any]:
     """Return the $match of series documents: study dates, modalities, scanners, ORIGINAL images."""
     match: dict[str, Any] = {"AcquisitionDate": {"$type": "string"}, "AcquisitionTime": {"$type": "string"}}
-    dates: dict[str, str] = {}
-    if date_from:
-        dates["$gte"] = date_from
-    if date_to:
-        dates["$lte"] = date_to
-    if dates:
-        match["StudyDate"] = dates
+    match.update(_date_range(date_from, date_to))
     if modalities:
         match["Modality"] = {"$in": list(modalities)}
     wanted = sorted(set(scanners))
@@ -81,6 +76,15 @@ def series_filter(
     if original_only:
         match["ImageType"] = "ORIGINAL"  # matches the value or an array holding it
     return match
+
+
+def _date_range(date_from: str | None, date_to: str | None) -> dict[str, Any]:
+    dates: dict[str, str] = {}
+    if date_from:
+        dates["$gte"] = date_from
+    if date_to:
+        dates["$lte"] = date_to
+    return {"StudyDate": dates} if dates else {}
 
 
 def study_pipeline(match: dict[str, Any]) -> list[dict[str, Any]]:
@@ -99,21 +103,6 @@ def study_pipeline(match: dict[str, Any]) -> list[dict[str, Any]]:
             "start": {"$min": _ACQ},
             "end": {"$max": _ACQ},
             "series": {"$sum": 1},
-        }},
-    ]  # fmt: skip
-
-
-def clock_pipeline(match: dict[str, Any]) -> list[dict[str, Any]]:
-    """Series -> one row per study: its last series' acquisition and that series' first arrival."""
-    return [
-        {"$match": {**match, "received_at.first": {"$type": "date"}}},
-        {"$group": {
-            "_id": "$StudyInstanceUID",
-            "scanner": {"$first": _SCANNER},
-            "manufacturer": {"$first": {"$ifNull": ["$Manufacturer", ""]}},
-            "model": {"$first": {"$ifNull": ["$ManufacturerModelName", ""]}},
-            # Embedded documents compare field by field: the max is the latest acquisition.
-            "last": {"$max": {"acquisition": _ACQ, "received": "$received_at.first"}},
         }},
     ]  # fmt: skip
 
@@ -146,25 +135,59 @@ def fetch_studies(collection: Collection[dict[str, Any]], match: dict[str, Any])
     return df[columns].sort_values(["scanner", "day", "start"], kind="stable").reset_index(drop=True)
 
 
-def fetch_clock_studies(collection: Collection[dict[str, Any]], match: dict[str, Any]) -> pd.DataFrame:
-    """Return per study: scanner, manufacturer, model, acquisition (last series) and received (UTC)."""
+def summary_filter(
+    date_from: str | None, date_to: str | None, scanners: Iterable[str] = ()
+) -> dict[str, Any]:
+    """Return the filter of study summary documents: study dates and scanners."""
+    match: dict[str, Any] = {"last.received": {"$type": "date"}}
+    match.update(_date_range(date_from, date_to))
+    wanted = sorted(set(scanners))
+    if wanted:
+        match["DeviceSerialNumber"] = {"$in": wanted}
+    return match
+
+
+def fetch_clock_studies(
+    collection: Collection[dict[str, Any]],
+    date_from: str | None,
+    date_to: str | None,
+    scanners: Iterable[str] = (),
+) -> tuple[pd.DataFrame, str]:
+    """Return per study: scanner, manufacturer, model, acquisition (last series) and received (UTC).
+
+    Reads niffler-meta's per-study summaries (see :mod:`niffler.common.summary`)
+    when the store has them; a store written by an older niffler-meta has
+    only series documents, which are grouped per study instead, slower.
+    The second value names the source read.
+    """
+    wanted = list(scanners)
+    summary = summary_collection(collection)
+    if summary.find_one({}, {"_id": 1}) is not None:
+        docs: Iterable[dict[str, Any]] = summary.find(
+            summary_filter(date_from, date_to, wanted), batch_size=10_000
+        )
+        source = f"study summaries ({summary.name})"
+    else:
+        pipeline = summary_from_series_pipeline(series_filter(date_from, date_to, (), wanted))
+        docs = collection.aggregate(pipeline, allowDiskUse=True)
+        source = f"series documents ({collection.name}; no study summary yet, so slower)"
     rows = [
         {
             "study": doc["_id"],
-            "scanner": doc.get("scanner"),
-            "manufacturer": doc.get("manufacturer"),
-            "model": doc.get("model"),
-            "acquisition": (doc.get("last") or {}).get("acquisition"),
-            "received": (doc.get("last") or {}).get("received"),
+            "scanner": doc.get("DeviceSerialNumber") or doc.get("StationName") or "unknown",
+            "manufacturer": doc.get("Manufacturer") or "",
+            "model": doc.get("ManufacturerModelName") or "",
+            "acquisition": doc["last"].get("acquisition"),
+            "received": doc["last"].get("received"),
         }
-        for doc in collection.aggregate(clock_pipeline(match), allowDiskUse=True)
+        for doc in docs
     ]
     columns = ["study", "scanner", "manufacturer", "model", "acquisition", "received"]
     if not rows:
-        return pd.DataFrame(columns=columns)
+        return pd.DataFrame(columns=columns), source
     df = pd.DataFrame(rows, columns=columns)
     df["acquisition"] = parse_acquisition(df["acquisition"]).to_numpy()
-    return df.dropna(subset=["acquisition", "received"]).reset_index(drop=True)
+    return df.dropna(subset=["acquisition", "received"]).reset_index(drop=True), source
 
 
 def fetch_scanners(collection: Collection[dict[str, Any]], match: dict[str, Any]) -> pd.DataFrame:

@@ -23,6 +23,7 @@ from niffler.app_layer.clock import scanner_skew, site_timezone, study_skews
 from niffler.app_layer.pipelines import fetch_clock_studies, fetch_scanners, fetch_studies, series_filter
 from niffler.app_layer.utilization import encounters, idle_gaps, scanner_days
 from niffler.common.errors import InputError
+from niffler.common.summary import summary_collection
 
 __all__ = [
     "Report",
@@ -53,9 +54,12 @@ class Report:
 
 
 def ensure_indexes(collection: Collection[dict[str, Any]]) -> None:
-    """Create the StudyDate index the reports' $match uses (idempotent; a read-only user just logs)."""
+    """Create the StudyDate indexes the reports' filters use (idempotent; a read-only user just logs)."""
     try:
         collection.create_index("StudyDate")
+        summary = summary_collection(collection)
+        if summary.find_one({}, {"_id": 1}) is not None:
+            summary.create_index("StudyDate")
     except PyMongoError as exc:
         log.info("could not create the StudyDate index (%s); reports will scan the collection", exc)
 
@@ -112,13 +116,14 @@ def clock_report(
 ) -> Report:
     """Clock skew per scanner, flagged beyond the threshold; the per-study skews as a second table."""
     zone = site_timezone(timezone)
-    studies = fetch_clock_studies(collection, series_filter(date_from, date_to, (), scanners))
+    studies, source = fetch_clock_studies(collection, date_from, date_to, scanners)
     skews = study_skews(studies, zone) if not studies.empty else studies.assign(skew_hours=[])
     per_scanner = scanner_skew(skews, threshold_hours)
     report = Report("clock-skew", {"clock-skew": per_scanner, "studies": skews})
     flagged = int(per_scanner["misconfigured"].sum()) if not per_scanner.empty else 0
     report.notes.append(
-        f"{len(skews)} studies, {len(per_scanner)} scanners, {flagged} flagged (site time zone {zone})"
+        f"{len(skews)} studies, {len(per_scanner)} scanners, {flagged} flagged (site time zone {zone}); "
+        f"read from {source}"
     )
     if plot:
         from niffler.app_layer.plots import skew_figure

@@ -37,6 +37,7 @@ from niffler.common.deid import Policy, load_secret
 from niffler.common.dicomnet import STATUS_OUT_OF_RESOURCES, AEAddress, StorageSCP, StoredInstance
 from niffler.common.errors import DeidError, InputError
 from niffler.common.store import Store, mask_uri, open_store, resolve_uri
+from niffler.common.summary import backfill_summary, summarisable, summary_collection, summary_update
 from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.extract import (
     Featureset,
@@ -124,7 +125,7 @@ class MetaService:
         self._refusing = False
         self.last_purge: PurgeResult | None = None
         self.store_ok = True
-        self._indexes_ready = False
+        self._store_prepared = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -320,15 +321,27 @@ class MetaService:
 
     def _extract_pending(self, index: InstanceIndex) -> bool:
         """Extract one batch; return True if there was work."""
+        if not self._store_prepared:
+            self._prepare_store()
         rows = index.pending(self.config.ExtractionBatch)
         if not rows:
             return False
-        if not self._indexes_ready:
-            for fs in self.featuresets:
-                self.store.db[fs.name].create_index("series_key")
-            self._indexes_ready = True
         self._extract_batch(index, rows)
         return True
+
+    def _prepare_store(self) -> None:
+        """Create the indexes; build the study summaries of a store written before they existed."""
+        for fs in self.featuresets:
+            series = self.store.db[fs.name]
+            series.create_index("series_key")
+            if not summarisable(fs.keys):
+                continue
+            summary = summary_collection(series)
+            summary.create_index("StudyDate")
+            if summary.find_one({}, {"_id": 1}) is None and series.find_one({}, {"_id": 1}) is not None:
+                log.info("featureset %s: building the per-study summary from its series documents", fs.name)
+                log.info("featureset %s: %d studies summarised", fs.name, backfill_summary(series))
+        self._store_prepared = True
 
     def _extract_batch(self, index: InstanceIndex, rows: list[Pending]) -> None:
         per_instance = self.config.ExtractionGranularity == "instance"
@@ -337,6 +350,7 @@ class MetaService:
         for row in rows:
             by_series.setdefault(row.series_key, []).append(row)
         writes: dict[str, list[Any]] = {fs.name: [] for fs in self.featuresets}
+        built: list[tuple[str, str, dict[str, Any]]] = []  # (series_key, collection, fields)
         failed: dict[str, str] = {}
         documented: list[str] = []
         for series_key, items in by_series.items():
@@ -356,6 +370,7 @@ class MetaService:
                     fields["series_key"] = series_key
                     fields["deidentification"] = method
                     writes[name].append(UpdateOne({"_id": doc_id}, {"$set": fields}, upsert=True))
+                    built.append((series_key, name, fields))
                 if not per_instance:
                     documented.append(series_key)
                     break
@@ -374,9 +389,16 @@ class MetaService:
                         },
                     )
                 )
+        summaries: dict[str, list[UpdateOne]] = {fs.name: [] for fs in self.featuresets}
+        for series_key, name, fields in built:
+            fold = summary_update(fields, _utc(stats[series_key].first_received))
+            if fold is not None:
+                summaries[name].append(fold)
         for name, ops in writes.items():
             if ops:
                 self.store.db[name].bulk_write(ops, ordered=True)
+            if summaries[name]:  # after the series: a crash between leaves the batch to redo
+                summary_collection(self.store.db[name]).bulk_write(summaries[name], ordered=False)
         index.set_documented(documented)
         for key, error in failed.items():
             index.mark([key], "failed", error)

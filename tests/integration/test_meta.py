@@ -102,7 +102,9 @@ def test_stream_becomes_one_phi_free_document_per_series_and_featureset(
     # pydicom's MR_small variants are one SOP instance in several encodings: counted once.
     extra = {(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in map(pydicom.dcmread, compressed)}
     series.update(uid for uid, _ in extra)
-    assert sorted(db.list_collection_names()) == ["featureset", "featureset1"]
+    collections = sorted(db.list_collection_names())
+    # featureset1 lacks the acquisition date and time a study summary needs: it has none.
+    assert collections == ["featureset", "featureset.studies", "featureset1"]
     for name in ("featureset", "featureset1"):
         docs = {d["_id"]: d for d in db[name].find()}
         assert set(docs) == {pseudo.uid(uid) for uid in series}, name
@@ -126,8 +128,16 @@ def test_stream_becomes_one_phi_free_document_per_series_and_featureset(
         assert doc["SliceThickness"] == 1.25 and isinstance(doc["SeriesNumber"], int)
         for forbidden in ("PatientName", "PatientBirthDate", "InstitutionName", "StudyDescription"):
             assert forbidden not in doc
+    # One study summary per study (see common/summary.py), as free of PHI as the series documents.
+    studies = {pseudo.uid(inst.study_uid) for inst in corpus}
+    for name in ("featureset.studies",):
+        summaries = {d["_id"]: d for d in db[name].find()}
+        assert studies <= set(summaries) <= studies | {pseudo.uid(ds.StudyInstanceUID) for ds in map(
+            pydicom.dcmread, compressed)}, name  # fmt: skip
+        for doc in summaries.values():
+            assert phi_check(doc, service.policy) == [], (name, doc)
     # Raw identifiers appear nowhere in the database.
-    dumped = json.dumps([d for n in ("featureset", "featureset1") for d in db[n].find()], default=str)
+    dumped = json.dumps([d for n in collections for d in db[n].find()], default=str)
     for inst in corpus:
         for raw in (inst.patient_id, inst.patient_name, inst.birth_date, inst.accession, inst.study_uid):
             assert raw not in dumped

@@ -14,6 +14,12 @@ import pytest
 from pymongo import MongoClient
 
 from niffler.common.deid import KEY_ENV
+from niffler.common.summary import (
+    backfill_summary,
+    summary_collection,
+    summary_from_series_pipeline,
+    summary_update,
+)
 from niffler.meta_extraction.service import open_service
 from niffler.testing.corpus import CorpusSpec, Scanner, generate_corpus
 from niffler.testing.peers import SecantusServer, free_port, storescu
@@ -165,10 +171,15 @@ def test_utilization_on_hand_built_documents(secantus: SecantusServer, loaded: s
     assert "54.17" in proc.stdout  # the terminal table
 
 
+@pytest.mark.parametrize("source", ["series documents", "study summaries"])
 def test_clock_skew_flags_the_five_hour_scanner_only(
-    secantus: SecantusServer, loaded: str, tmp_path: Path
+    secantus: SecantusServer, loaded: str, tmp_path: Path, source: str
 ) -> None:
-    run_cli(
+    """The same answer from the per-study summaries niffler-meta keeps and from an older store's series."""
+    if source == "study summaries":
+        with MongoClient(secantus.uri) as client:
+            assert backfill_summary(client[loaded]["featureset"]) == 11  # studies S1 to S11
+    proc = run_cli(
         secantus.uri,
         loaded,
         tmp_path,
@@ -182,6 +193,7 @@ def test_clock_skew_flags_the_five_hour_scanner_only(
         "--plot",
         "c.html",
     )
+    assert f"read from {source}" in proc.stderr + proc.stdout
     skew = {r["scanner"]: r for r in rows(tmp_path / "c.csv")}
     assert skew["C"]["misconfigured"] == "True" and skew["C"]["studies"] == "2"
     assert float(skew["C"]["median_hours"]) == round((5 + 5 + 1 / 60) / 2, 3)
@@ -237,6 +249,50 @@ def test_scanner_subset_and_bad_input(secantus: SecantusServer, loaded: str, tmp
     assert proc.returncode != 0 and "--date" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_study_summary_keeps_the_latest_series_whatever_the_order(
+    secantus: SecantusServer, mongo_db_name: str
+) -> None:
+    s6 = [doc for doc in hand_built() if doc["StudyInstanceUID"] == "S6"]  # series at 23:00 and 23:30
+    no_time = {k: v for k, v in s6[0].items() if k != "AcquisitionTime"}
+    assert summary_update(no_time, datetime(2020, 1, 6)) is None
+    with MongoClient(secantus.uri) as client:
+        for name, order in (("forward", s6), ("reverse", s6[::-1])):
+            summary = summary_collection(client[mongo_db_name][name])
+            folds = [summary_update(doc, doc["received_at"]["first"]) for doc in order]
+            for _ in range(2):  # the second time is a re-extraction: it changes nothing
+                summary.bulk_write([fold for fold in folds if fold is not None])
+            assert list(summary.find()) == [{
+                "_id": "S6", "StudyDate": "20200106", "DeviceSerialNumber": "B", "StationName": "ST-B",
+                "Manufacturer": "ACME", "ManufacturerModelName": "M-B",
+                "last": {"acquisition": "20200106233000.000000", "received": datetime(2020, 1, 7, 4, 32)},
+            }], name  # fmt: skip
+
+
+def test_niffler_meta_summarises_an_older_store_when_it_starts(
+    secantus: SecantusServer, loaded: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store written before summaries existed gets them at the receiver's start, without any arrival."""
+    monkeypatch.setenv(KEY_ENV, "scanner-util-e2e-secret-0123")
+    config = loopback_meta_config(
+        tmp_path / "store", tmp_path / "state", MongoURI=secantus.uri, DatabaseName=loaded
+    )
+    with MongoClient(secantus.uri) as client:
+        summary = summary_collection(client[loaded]["featureset"])
+        service = open_service(config).start()
+        try:
+            assert service.wait_idle(60)
+        finally:
+            service.stop()
+        docs = {doc["_id"]: doc for doc in summary.find()}
+    assert len(docs) == 11
+    assert docs["S10"]["last"] == {
+        "acquisition": "20200106100500.000000",
+        "received": datetime(2020, 1, 6, 20, 5),
+    }
+    assert docs["S7"]["last"]["acquisition"] == "20200107001000.000000"
+    assert docs["S7"]["StudyDate"] == "20200106"
+
+
 def test_store_down_is_a_clear_error(tmp_path: Path) -> None:
     proc = run_cli(f"mongodb://127.0.0.1:{free_port()}", "x", tmp_path, "scanners", check=False)
     assert proc.returncode != 0 and "unreachable" in proc.stderr and "Traceback" not in proc.stderr
@@ -279,6 +335,21 @@ def test_a_streamed_day_gives_the_utilization_the_generator_implies(
         "--plot",
         "e2e.png",
     )
+    with MongoClient(secantus.uri) as client:
+        collection = client[mongo_db_name]["featureset"]
+        live = {doc["_id"]: doc for doc in summary_collection(collection).find()}
+        derived = {
+            doc["_id"]: {k: v for k, v in doc.items() if v is not None}
+            for doc in collection.aggregate(summary_from_series_pipeline({}))
+        }
+    # The summaries niffler-meta kept while extracting equal a regrouping of its series documents.
+    assert len(live) == 8 and live == derived
+    proc = run_cli(secantus.uri, mongo_db_name, tmp_path, "clock-skew", "--out", "skew.csv")
+    assert "read from study summaries" in proc.stderr + proc.stdout
+    assert sorted((r["scanner"], r["studies"]) for r in rows(tmp_path / "skew.csv")) == [
+        ("SN-CT1", "4"),
+        ("SN-CT2", "4"),
+    ]
     days = {r["scanner"]: r for r in rows(tmp_path / "e2e.csv")}
     # 8 studies alternate between the scanners: each runs 4 studies 45 minutes apart, each 5 minutes long
     # (two series 5 minutes apart), of 4 different patients: busy 20 of (3 x 45 + 5) = 140 minutes.
