@@ -47,6 +47,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
+from niffler.common.reactor import make_event_driven
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -164,6 +165,12 @@ def no_delay(event: evt.Event) -> None:
     if sock is not None:
         with contextlib.suppress(OSError):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def _accepted(event: evt.Event) -> None:
+    """EVT_CONN_OPEN handler of the Storage SCP: no Nagle, and the event-driven reactors (see reactor.py)."""
+    no_delay(event)
+    make_event_driven(event.assoc)
 
 
 def _rejection_reason(assoc: Association) -> str:
@@ -575,7 +582,7 @@ class StorageSCP:
                     (self.host, self._requested_port),
                     block=False,
                     contexts=self._contexts(),
-                    evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_CONN_OPEN, no_delay)],
+                    evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_CONN_OPEN, _accepted)],
                 )
             except OSError as exc:
                 raise ConfigError(

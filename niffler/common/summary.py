@@ -35,10 +35,10 @@ from pymongo.database import Database
 __all__ = [
     "SCANNER_FIELDS",
     "backfill_summary",
+    "summarisable",
     "summary_collection",
     "summary_from_series_pipeline",
     "summary_update",
-    "summarisable",
 ]
 
 #: The scanner's identity as the summary keeps it (absent when the policy removed it).
