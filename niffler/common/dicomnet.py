@@ -45,6 +45,7 @@ from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from niffler.common.dcmscan import scan_elements
 from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.common.reactor import make_event_driven
@@ -272,6 +273,9 @@ class StoredInstance:
 def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[BaseTag]) -> Dataset:
     """Return a dataset holding only *tags*, parsed from the encoded *raw* bytes.
 
+    Little endian datasets go through the fast walker in dcmscan.py first;
+    what it is unsure of, and the rest, pydicom reads.
+
     The wanted tags sit in the first few kilobytes of any real header, so a
     prefix is parsed first (copying a whole image into a BytesIO was a
     measurable share of the receive time); only if parsing runs off the end of
@@ -279,6 +283,10 @@ def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[B
     """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(raw), 1 << 20)
+    elif transfer_syntax.is_little_endian:
+        scanned = scan_elements(raw, transfer_syntax.is_implicit_VR, tags)
+        if scanned is not None:
+            return scanned
     last = max(tags)
     passed_last = False
 

@@ -1,0 +1,102 @@
+"""The fast element walker agrees with pydicom's reader, or says it is unsure; it never guesses."""
+
+from __future__ import annotations
+
+from io import BytesIO
+from pathlib import Path
+
+import pydicom.data
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
+from pydicom.tag import Tag
+from pydicom.uid import UID
+
+from niffler.common.dcmscan import scan_elements
+from niffler.testing.corpus import CorpusSpec, generate_corpus
+
+WANTED = [Tag(t) for t in (
+    0x00080005, 0x00080016, 0x00080018, 0x00080020, 0x00080060, 0x00100010, 0x00100020,
+    0x00100030, 0x0020000D, 0x0020000E, 0x00200013,
+)]  # fmt: skip
+
+
+def dataset_bytes(path: Path) -> tuple[bytes, UID]:
+    with open(path, "rb") as handle:
+        read_preamble(handle, force=True)
+        meta = _read_file_meta_info(handle)
+        return handle.read(), UID(meta.get("TransferSyntaxUID", "1.2.840.10008.1.2"))
+
+
+def pydicom_values(data: bytes, ts: UID) -> dict[int, object]:
+    ds = read_dataset(BytesIO(data), ts.is_implicit_VR, True, specific_tags=list(WANTED))
+    return {int(t): ds[t].value for t in WANTED if t in ds}
+
+
+def little_endian_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    corpus = tmp_path_factory.mktemp("corpus")
+    generate_corpus(corpus, CorpusSpec(patients=2))
+    # pydicom's shipped test files (the package folder: get_testdata_files would try to download more).
+    shipped = sorted((Path(pydicom.data.__file__).parent / "test_files").rglob("*.dcm"))
+    return sorted(corpus.rglob("*.dcm")) + shipped
+
+
+def test_agrees_with_pydicom_on_every_little_endian_test_file(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    answered = 0
+    checked = 0
+    for path in little_endian_files(tmp_path_factory):
+        try:
+            data, ts = dataset_bytes(path)
+            if not ts.is_little_endian or ts.is_deflated:
+                continue
+            expected = pydicom_values(data, ts)
+        except Exception:  # files pydicom itself cannot read are not a comparison
+            continue
+        checked += 1
+        scanned = scan_elements(data, ts.is_implicit_VR, WANTED)
+        if scanned is None:
+            continue
+        answered += 1
+        got = {int(t): scanned[t].value for t in WANTED if t in scanned}
+        assert got == expected, path.name
+    assert checked > 50 and answered > 0.8 * checked, (answered, checked)
+    print(f"answered {answered} of {checked}")
+
+
+def test_the_generated_corpus_is_always_answered(tmp_path: Path) -> None:
+    generate_corpus(tmp_path, CorpusSpec(patients=1))
+    for path in tmp_path.rglob("*.dcm"):
+        data, ts = dataset_bytes(path)
+        scanned = scan_elements(data, ts.is_implicit_VR, WANTED)
+        assert scanned is not None and scanned.PatientID == pydicom_values(data, ts)[0x00100020]
+
+
+def test_truncated_or_garbled_bytes_never_raise_and_never_invent() -> None:
+    data, ts = dataset_bytes(Path(str(get_testdata_file("CT_small.dcm"))))
+    expected = pydicom_values(data, ts)
+    for cut in range(0, 2000, 7):
+        scanned = scan_elements(data[:cut], ts.is_implicit_VR, WANTED)
+        if scanned is not None:  # only if every wanted tag up to the last was passed
+            assert {int(t): scanned[t].value for t in WANTED if t in scanned} == expected
+    garbled = bytearray(data)
+    garbled[4:6] = b"\x01\x02"  # a VR that is not one
+    assert scan_elements(bytes(garbled), False, WANTED) is None
+
+
+def test_undefined_length_sequences_before_the_wanted_tags_are_skipped() -> None:
+    # Item (undefined length) holding one element, then the delimiters, then PatientID.
+    element = b"\x08\x00\x50\x11UI\x04\x001.2\x00"  # (0008,1150) ReferencedSOPClassUID
+    sequence = (
+        b"\x08\x00\x40\x11SQ\x00\x00\xff\xff\xff\xff"  # (0008,1140) SQ, undefined length
+        + b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + element + b"\xfe\xff\x0d\xe0\x00\x00\x00\x00"
+        + b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+    )  # fmt: skip
+    patient = b"\x10\x00\x20\x00LO\x06\x00007734"
+    after = b"\x20\x00\x0d\x00UI\x04\x001.5\x00"
+    scanned = scan_elements(sequence + patient + after, False, [Tag(0x00100020)])
+    assert scanned is not None and scanned.PatientID == "007734"
+    # A wanted tag inside the sequence's range but at top level only: the nested one is not taken.
+    nested = scan_elements(sequence + patient + after, False, [Tag(0x00081150), Tag(0x00100020)])
+    assert nested is not None and Tag(0x00081150) not in nested
