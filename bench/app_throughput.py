@@ -30,7 +30,7 @@ from benchlib import run_measuring_rss
 from pymongo import MongoClient
 
 from niffler.app_layer.reports import clock_report, ensure_indexes, utilization_report
-from niffler.common.summary import backfill_summary, summary_collection
+from niffler.common.summary import backfill_summary, has_documents, summary_collection
 from niffler.testing.peers import SecantusServer
 
 DATABASE = "ScannersInfo"
@@ -94,7 +94,7 @@ def fill(uri: str, total: int) -> None:
 
 def summarise(collection: Any) -> None:
     """Build the per-study summaries niffler-meta keeps while it extracts, as it does for an older store."""
-    if summary_collection(collection).find_one({}, {"_id": 1}) is None:
+    if not has_documents(summary_collection(collection)):
         start = time.perf_counter()
         studies = backfill_summary(collection)
         print(

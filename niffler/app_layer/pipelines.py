@@ -24,7 +24,7 @@ from pymongo.collection import Collection
 
 from niffler.app_layer.utilization import parse_acquisition
 from niffler.common.errors import InputError
-from niffler.common.summary import summary_collection, summary_from_series_pipeline
+from niffler.common.summary import has_documents, summary_collection, summary_from_series_pipeline
 
 __all__ = [
     "fetch_clock_studies",
@@ -70,9 +70,7 @@ def series_filter(
     match.update(_date_range(date_from, date_to))
     if modalities:
         match["Modality"] = {"$in": list(modalities)}
-    wanted = sorted(set(scanners))
-    if wanted:
-        match["DeviceSerialNumber"] = {"$in": wanted}
+    match.update(_scanner_subset(scanners))
     if original_only:
         match["ImageType"] = "ORIGINAL"  # matches the value or an array holding it
     return match
@@ -85,6 +83,11 @@ def _date_range(date_from: str | None, date_to: str | None) -> dict[str, Any]:
     if date_to:
         dates["$lte"] = date_to
     return {"StudyDate": dates} if dates else {}
+
+
+def _scanner_subset(scanners: Iterable[str]) -> dict[str, Any]:
+    wanted = sorted(set(scanners))
+    return {"DeviceSerialNumber": {"$in": wanted}} if wanted else {}
 
 
 def study_pipeline(match: dict[str, Any]) -> list[dict[str, Any]]:
@@ -141,9 +144,7 @@ def summary_filter(
     """Return the filter of study summary documents: study dates and scanners."""
     match: dict[str, Any] = {"last.received": {"$type": "date"}}
     match.update(_date_range(date_from, date_to))
-    wanted = sorted(set(scanners))
-    if wanted:
-        match["DeviceSerialNumber"] = {"$in": wanted}
+    match.update(_scanner_subset(scanners))
     return match
 
 
@@ -162,7 +163,7 @@ def fetch_clock_studies(
     """
     wanted = list(scanners)
     summary = summary_collection(collection)
-    if summary.find_one({}, {"_id": 1}) is not None:
+    if has_documents(summary):
         docs: Iterable[dict[str, Any]] = summary.find(
             summary_filter(date_from, date_to, wanted), batch_size=10_000
         )

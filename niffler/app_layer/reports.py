@@ -23,7 +23,7 @@ from niffler.app_layer.clock import scanner_skew, site_timezone, study_skews
 from niffler.app_layer.pipelines import fetch_clock_studies, fetch_scanners, fetch_studies, series_filter
 from niffler.app_layer.utilization import encounters, idle_gaps, scanner_days
 from niffler.common.errors import InputError
-from niffler.common.summary import summary_collection
+from niffler.common.summary import has_documents, summary_collection
 
 __all__ = [
     "Report",
@@ -58,7 +58,7 @@ def ensure_indexes(collection: Collection[dict[str, Any]]) -> None:
     try:
         collection.create_index("StudyDate")
         summary = summary_collection(collection)
-        if summary.find_one({}, {"_id": 1}) is not None:
+        if has_documents(summary):
             summary.create_index("StudyDate")
     except PyMongoError as exc:
         log.info("could not create the StudyDate index (%s); reports will scan the collection", exc)

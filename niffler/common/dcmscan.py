@@ -48,13 +48,11 @@ class _Unsure(Exception):
 
 def _element(data: bytes | memoryview, pos: int, implicit: bool) -> tuple[int, str | None, int, int]:
     """Return (tag, VR or None, value length, value offset) of the element header at *pos*."""
-    if implicit:
-        if pos + 8 > len(data):
-            raise _Unsure
-        group, elem, length = _header.unpack_from(data, pos)
-        return group << 16 | elem, None, length, pos + 8
     if pos + 8 > len(data):
         raise _Unsure
+    if implicit:
+        group, elem, length = _header.unpack_from(data, pos)
+        return group << 16 | elem, None, length, pos + 8
     group, elem, vr, length = _short.unpack_from(data, pos)
     tag = group << 16 | elem
     if group == 0xFFFE:  # item and delimiters carry no VR
@@ -63,9 +61,13 @@ def _element(data: bytes | memoryview, pos: int, implicit: bool) -> tuple[int, s
         if pos + 12 > len(data):
             raise _Unsure
         return tag, vr.decode("ascii"), _long.unpack_from(data, pos)[3], pos + 12
-    if not vr.isalpha() or not vr.isupper():
+    if not _looks_like_vr(vr):
         raise _Unsure
     return tag, vr.decode("ascii"), length, pos + 8
+
+
+def _looks_like_vr(two: bytes) -> bool:
+    return two.isalpha() and two.isupper()
 
 
 def _skip_sequence(data: bytes | memoryview, pos: int, implicit: bool, depth: int) -> int:
@@ -73,11 +75,7 @@ def _skip_sequence(data: bytes | memoryview, pos: int, implicit: bool, depth: in
     if depth > _MAX_DEPTH:
         raise _Unsure
     while True:
-        if pos + 8 > len(data):
-            raise _Unsure
-        group, elem, length = _header.unpack_from(data, pos)
-        tag = group << 16 | elem
-        pos += 8
+        tag, _, length, pos = _element(data, pos, True)  # items and delimiters: tag and 4-byte length
         if tag == _SEQUENCE_END:
             return pos
         if tag != _ITEM:
@@ -106,8 +104,7 @@ def scan_elements(data: bytes | memoryview, implicit: bool, tags: Iterable[int])
     wanted = frozenset(int(t) for t in tags)
     if not wanted:
         return Dataset()
-    first_vr = bytes(data[4:6])
-    if implicit and first_vr.isalpha() and first_vr.isupper():
+    if implicit and _looks_like_vr(bytes(data[4:6])):
         return None  # explicit VR sent as implicit: pydicom detects and handles that
     last = max(wanted)
     found: dict[int, RawDataElement] = {}

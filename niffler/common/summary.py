@@ -35,6 +35,7 @@ from pymongo.database import Database
 __all__ = [
     "SCANNER_FIELDS",
     "backfill_summary",
+    "has_documents",
     "summarisable",
     "summary_collection",
     "summary_from_series_pipeline",
@@ -53,6 +54,11 @@ def summary_collection(series: Collection[dict[str, Any]]) -> Collection[dict[st
     """Return the study summary collection that belongs to a featureset collection."""
     database: Database[dict[str, Any]] = series.database
     return database[f"{series.name}.studies"]
+
+
+def has_documents(collection: Collection[dict[str, Any]]) -> bool:
+    """Whether *collection* holds any document (one indexed read, not a count)."""
+    return collection.find_one({}, {"_id": 1}) is not None
 
 
 def summarisable(keys: Iterable[str]) -> bool:

@@ -37,7 +37,13 @@ from niffler.common.deid import Policy, load_secret
 from niffler.common.dicomnet import STATUS_OUT_OF_RESOURCES, AEAddress, StorageSCP, StoredInstance
 from niffler.common.errors import DeidError, InputError
 from niffler.common.store import Store, mask_uri, open_store, resolve_uri
-from niffler.common.summary import backfill_summary, summarisable, summary_collection, summary_update
+from niffler.common.summary import (
+    backfill_summary,
+    has_documents,
+    summarisable,
+    summary_collection,
+    summary_update,
+)
 from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.extract import (
     Featureset,
@@ -338,7 +344,7 @@ class MetaService:
                 continue
             summary = summary_collection(series)
             summary.create_index("StudyDate")
-            if summary.find_one({}, {"_id": 1}) is None and series.find_one({}, {"_id": 1}) is not None:
+            if not has_documents(summary) and has_documents(series):
                 log.info("featureset %s: building the per-study summary from its series documents", fs.name)
                 log.info("featureset %s: %d studies summarised", fs.name, backfill_summary(series))
         self._store_prepared = True
