@@ -42,6 +42,7 @@ from niffler.common.dicomnet import (
     ACCEPTED_TRANSFER_SYNTAXES,
     AEAddress,
     InstanceWriter,
+    NifflerAE,
     StoredInstance,
     associate,
     open_association,
@@ -222,7 +223,7 @@ def _text(value: Any) -> str:
 
 def _new_ae(calling_aet: str, timeout: float) -> AE:
     """Return an AE whose waits all end after *timeout* (association set-up after 30 s at most)."""
-    ae = AE(ae_title=calling_aet)
+    ae = NifflerAE(ae_title=calling_aet)
     ae.acse_timeout = min(timeout, 30.0)
     ae.dimse_timeout = timeout
     ae.network_timeout = timeout

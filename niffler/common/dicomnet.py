@@ -44,11 +44,12 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+from pynetdicom.transport import AssociationSocket
 
 from niffler.common.dcmscan import scan_elements
 from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
-from niffler.common.reactor import make_event_driven
+from niffler.common.reactor import make_event_driven, make_requestor_event_driven, quiet_standard_logging
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -56,6 +57,7 @@ __all__ = [
     "STATUS_SUCCESS",
     "AEAddress",
     "InstanceWriter",
+    "NifflerAE",
     "StorageSCP",
     "StoredInstance",
     "associate",
@@ -171,7 +173,22 @@ def no_delay(event: evt.Event) -> None:
 def _accepted(event: evt.Event) -> None:
     """EVT_CONN_OPEN handler of the Storage SCP: no Nagle, and the event-driven reactors (see reactor.py)."""
     no_delay(event)
+    quiet_standard_logging(event.assoc)
     make_event_driven(event.assoc)
+
+
+class NifflerAE(AE):
+    """pynetdicom's AE, whose requested associations wait instead of polling (see reactor.py).
+
+    Every AE Niffler makes is one of these; the Storage SCP's accepted
+    associations get the same through :func:`_accepted`.
+    """
+
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
+        sock = super()._create_socket(assoc, address, tls_args)
+        quiet_standard_logging(assoc)
+        make_requestor_event_driven(assoc, sock)
+        return sock
 
 
 def _rejection_reason(assoc: Association) -> str:
@@ -550,7 +567,7 @@ class StorageSCP:
         return self.writer.storage_folder
 
     def _build_ae(self) -> AE:
-        ae = AE(ae_title=self.ae_title)
+        ae = NifflerAE(ae_title=self.ae_title)
         ae.maximum_pdu_size = self.maximum_pdu_size
         ae.maximum_associations = self.maximum_associations
         if self.allowed_calling_aets:

@@ -1,4 +1,4 @@
-"""Event-driven reactors for the associations Niffler's Storage SCP accepts.
+"""Event-driven reactors for the associations Niffler accepts and requests.
 
 pynetdicom 3.0 runs two polling loops per association. The DUL thread
 sleeps 1 ms whenever it finds nothing to do, and the acceptor thread sleeps
@@ -19,8 +19,14 @@ the same work in the same order but *wait* instead of sleeping:
   is served at once;
 - PDUs are read with ``recv_into`` straight into one buffer of their size.
 
-Both loops still wake at least every millisecond for their timers and
-flags, as before, so idle cost and release/abort handling are unchanged.
+Associations Niffler requests (C-FIND, C-MOVE, C-GET, C-STORE) get the
+waiting DUL loop too (:func:`make_requestor_event_driven`, from
+``dicomnet.NifflerAE``); their own loop stays pynetdicom's, as the caller
+reads their responses. Both kinds lose pynetdicom's debug-record handlers
+while its debug log is off (:func:`quiet_standard_logging`).
+
+The loops wake at least every tick for their timers and flags, so
+release/abort handling is unchanged.
 They follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` (MIT licence); on another pynetdicom version
 nothing is swapped and the stock loops run.
@@ -39,7 +45,12 @@ from typing import Any, cast
 
 import pynetdicom
 from pynetdicom import evt
-from pynetdicom._handlers import standard_dimse_sent_handler
+from pynetdicom._handlers import (
+    standard_dimse_recv_handler,
+    standard_dimse_sent_handler,
+    standard_pdu_recv_handler,
+    standard_pdu_sent_handler,
+)
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_primitives import C_STORE
@@ -48,7 +59,13 @@ from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
 
-__all__ = ["SUPPORTED", "encode_store_response", "make_event_driven"]
+__all__ = [
+    "SUPPORTED",
+    "encode_store_response",
+    "make_event_driven",
+    "make_requestor_event_driven",
+    "quiet_standard_logging",
+]
 
 log = logging.getLogger(__name__)
 
@@ -88,25 +105,71 @@ class _NudgingQueue(queue.Queue[Any]):
         self._nudge.put(_NUDGE)
 
 
-def make_event_driven(assoc: Association) -> bool:
-    """Swap the waiting loops into an acceptor association that has not started; return whether it did."""
+#: pynetdicom's notification handlers, bound to every association, that format
+#: a debug record of each PDU and DIMSE message whether or not it is logged.
+_STANDARD_LOGGING = (
+    (evt.EVT_DIMSE_RECV, standard_dimse_recv_handler),
+    (evt.EVT_DIMSE_SENT, standard_dimse_sent_handler),
+    (evt.EVT_PDU_RECV, standard_pdu_recv_handler),
+    (evt.EVT_PDU_SENT, standard_pdu_sent_handler),
+)
+
+
+def quiet_standard_logging(assoc: Association) -> bool:
+    """Unbind pynetdicom's debug-record handlers from *assoc* unless its debug log is on.
+
+    They build their records (every presentation context of an association
+    request, every field of every message) before the logger drops them:
+    a fifth of the CPU of receiving a C-MOVE's small instances, where each
+    association arrives with over a hundred proposed contexts.
+    """
+    if logging.getLogger("pynetdicom").isEnabledFor(logging.DEBUG):
+        return False
+    for event, handler in _STANDARD_LOGGING:
+        assoc.unbind(event, handler)
+    return True
+
+
+def _swap_dul(assoc: Association, sock: Any) -> bool:
+    """Give an association that has not started, and its socket, the waiting DUL loop; say if it did."""
     dul = assoc.dul
-    if not SUPPORTED or not assoc.is_acceptor or dul.is_alive() or assoc.is_alive():
+    if not SUPPORTED or dul.is_alive() or assoc.is_alive():
         return False
     if not (dul.to_provider_queue.empty() and dul.to_user_queue.empty()):
         return False
-    if not isinstance(dul.socket, AssociationSocket):
+    if not isinstance(sock, AssociationSocket) or sock.tls_args:
         return False
     listen, wake = socket.socketpair()
     listen.setblocking(False)
     wake.setblocking(False)
     dul.to_provider_queue = _WakingQueue(wake)
-    dul.to_user_queue = _NudgingQueue(assoc.dimse.msg_queue)
     dul._target = lambda: _run_dul(dul, listen, wake)  # type: ignore[attr-defined]
-    assoc._run_reactor = MethodType(_run_acceptor, assoc)  # type: ignore[method-assign]
-    dul.socket.recv = MethodType(_recv_exact, dul.socket)  # type: ignore[method-assign]
+    sock.recv = MethodType(_recv_exact, sock)  # type: ignore[method-assign]
     assoc.dimse.send_msg = MethodType(_send_msg, assoc.dimse)  # type: ignore[method-assign]
     return True
+
+
+def make_event_driven(assoc: Association) -> bool:
+    """Swap the waiting loops into an acceptor association that has not started; return whether it did."""
+    if not assoc.is_acceptor or not _swap_dul(assoc, assoc.dul.socket):
+        return False
+    assoc.dul.to_user_queue = _NudgingQueue(assoc.dimse.msg_queue)
+    assoc._run_reactor = MethodType(_run_acceptor, assoc)  # type: ignore[method-assign]
+    return True
+
+
+def make_requestor_event_driven(assoc: Association, sock: AssociationSocket) -> bool:
+    """Swap the waiting DUL loop into a requestor association and the socket it is about to get.
+
+    Returns whether it did.
+
+    Only the DUL's loop: while a C-FIND or C-MOVE waits for its responses
+    it polled every millisecond, competing for the interpreter with the
+    Storage SCP receiving the move. The association's own loop stays
+    pynetdicom's: it is paused while the caller sends a request and reads
+    the responses from the message queue itself, so no nudge may go there.
+    """
+    return assoc.is_requestor and assoc.dul.socket is None and _swap_dul(assoc, sock)
 
 
 def _element(tag: int, value: bytes) -> bytes:
@@ -192,7 +255,9 @@ def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
 
 def _wait(dul: DULServiceProvider, listen: socket.socket) -> None:
     """Wait up to a tick for data from the peer or a primitive to send."""
-    sock = dul.socket.socket if dul.socket is not None else None
+    # A requestor's socket is watched once it connects (an unconnected one reads as ready).
+    connected = dul.socket is not None and dul.socket._is_connected
+    sock = dul.socket.socket if connected and dul.socket is not None else None
     watched: list[socket.socket] = [listen]
     if sock is not None and sock.fileno() >= 0:
         watched.append(sock)

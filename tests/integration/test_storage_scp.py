@@ -8,10 +8,11 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 
-from niffler.common.dicomnet import StorageSCP, StoredInstance
+from niffler.common.dicomnet import AEAddress, NifflerAE, StorageSCP, StoredInstance, open_association
+from niffler.common.reactor import SUPPORTED
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
 from niffler.testing.dicomfiles import dataset_bytes
 from niffler.testing.peers import DcmtkStoreSCP, run_dcmtk, storescu
@@ -166,3 +167,27 @@ def test_orthanc_refuses_an_unknown_calling_ae(corpus: list[Instance], orthanc_f
     pacs.upload([corpus[0].path])
     assert corpus[0].study_uid not in find_studies_as("STRANGER", pacs.dicom_port)
     assert corpus[0].study_uid in find_studies_as("NIFFLER", pacs.dicom_port)
+
+
+def test_niffler_requestor_waits_instead_of_polling_and_delivers_to_dcmtk(
+    tmp_path: Path, corpus: list[Instance]
+) -> None:
+    """An association Niffler requests (C-FIND, C-MOVE, C-GET, C-STORE) runs the waiting DUL loop."""
+    sent = corpus[:3]
+    datasets = [pydicom.dcmread(i.path) for i in sent]
+    with DcmtkStoreSCP(tmp_path / "dcmtk", aet="DCMTK") as peer:
+        ae = NifflerAE(ae_title="NIFFLER")
+        for sop_class in {ds.SOPClassUID for ds in datasets}:
+            ae.add_requested_context(sop_class)
+        assoc = open_association(ae, AEAddress.parse(f"DCMTK@{LOOPBACK}:{peer.port}", "peer"))
+        try:
+            assert SUPPORTED and type(assoc.dul.to_provider_queue).__name__ == "_WakingQueue"
+            # pynetdicom's debug-record handlers are gone while its debug log is off.
+            assert assoc.get_handlers(evt.EVT_PDU_RECV) == []
+            assert assoc.get_handlers(evt.EVT_DIMSE_RECV) == []
+            statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+        finally:
+            assoc.release()
+    assert statuses == [0, 0, 0]
+    written = {pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "dcmtk").iterdir()}
+    assert written == {i.sop_uid for i in sent}
