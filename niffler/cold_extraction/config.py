@@ -48,6 +48,12 @@ class ColdConfig:
     SendEmail: bool = setting(False, "e-mail YourEmail when the run completes")
     YourEmail: str = setting("", "address for the completion e-mail", secret=False)
     Mode: str = setting("move", "move (C-MOVE), get (C-GET), cfind-only or cfind-detailed", choices=MODES)
+    StudiesPerMove: int = setting(
+        10,
+        "studies one C-MOVE / C-GET asks for, as a list of StudyInstanceUIDs (1: one study each)",
+        minimum=1,
+        maximum=1000,
+    )
     Retries: int = setting(3, "extra attempts for a failed C-FIND / C-MOVE / C-GET", minimum=0, maximum=20)
     RetryDelaySeconds: float = setting(
         2.0, "wait before the first retry; doubled for each further one", minimum=0, maximum=3600

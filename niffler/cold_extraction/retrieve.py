@@ -22,7 +22,6 @@ import contextlib
 import logging
 import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -163,15 +162,18 @@ def verify_transfer(transfer: Transfer, expected: int | None, verb: str = "C-MOV
 
 
 class Receipts:
-    """Counts the instances our Storage SCP wrote, per study, for :func:`verify_transfer`.
+    """Counts the distinct instances our Storage SCP wrote, per study, for :func:`verify_transfer`.
 
-    Shared by the workers of one run. :meth:`exclusive` serialises two rows
-    that resolve to the same study, so each move is counted on its own.
+    Shared by the workers of one run. Only studies in transfer are counted:
+    :meth:`exclusive` starts a study's count at zero, serialises two rows
+    that resolve to the same study so each move is counted on its own, and
+    forgets the count when no worker holds the study any more. An instance
+    the PACS sends twice counts once.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counts: Counter[str] = Counter()
+        self._seen: dict[str, set[str]] = {}
         #: Per study in transfer: its lock and how many workers hold or wait for it.
         self._study_locks: dict[str, tuple[threading.Lock, int]] = {}
         self.instances = 0
@@ -179,13 +181,15 @@ class Receipts:
 
     def on_stored(self, stored: StoredInstance) -> None:
         with self._lock:
-            self._counts[stored.study_uid] += 1
+            seen = self._seen.get(stored.study_uid)
+            if seen is not None:
+                seen.add(stored.sop_uid)
             self.instances += 1
             self.bytes += stored.size
 
     def count(self, study_uid: str) -> int:
         with self._lock:
-            return self._counts[study_uid]
+            return len(self._seen.get(study_uid, ()))
 
     @contextlib.contextmanager
     def exclusive(self, study_uid: str) -> Iterator[None]:
@@ -201,16 +205,24 @@ class Receipts:
         try:
             with study_lock:
                 with self._lock:
-                    self._counts[study_uid] = 0
+                    self._seen[study_uid] = set()
                 yield
         finally:
             with self._lock:
                 _, users = self._study_locks[study_uid]
                 if users == 1:
                     del self._study_locks[study_uid]
-                    self._counts.pop(study_uid, None)
+                    self._seen.pop(study_uid, None)
                 else:
                     self._study_locks[study_uid] = (study_lock, users - 1)
+
+    @contextlib.contextmanager
+    def exclusive_all(self, study_uids: Sequence[str]) -> Iterator[None]:
+        """:meth:`exclusive` for several studies, taken in one order so two workers never deadlock."""
+        with contextlib.ExitStack() as stack:
+            for study_uid in sorted(set(study_uids)):
+                stack.enter_context(self.exclusive(study_uid))
+            yield
 
 
 def _text(value: Any) -> str:
@@ -369,11 +381,17 @@ class PacsSession:
                 raise RetrievalFailed(f"C-FIND ended with status {describe_status(code)}")
         return matches
 
-    def transfer(self, study_uid: str) -> Transfer:
-        """C-MOVE (to our receiver or DestAet) or C-GET one study; return how it ended."""
+    def transfer(self, study_uid: str | Sequence[str]) -> Transfer:
+        """C-MOVE (to our receiver or DestAet) or C-GET one study, or several at once; return how it ended.
+
+        Several studies go as one list of StudyInstanceUIDs (PS3.4 C.2.2.2.2,
+        list of UID matching on a unique key), so the PACS opens one
+        association for all of them; *received* is then their sum.
+        """
+        uids = [study_uid] if isinstance(study_uid, str) else list(study_uid)
         query = Dataset()
         query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = study_uid
+        query.StudyInstanceUID = uids[0] if len(uids) == 1 else uids
 
         def send(a: Association) -> Iterator[tuple[Dataset, Dataset | None]]:
             if self.mode == "get":
@@ -392,7 +410,7 @@ class PacsSession:
             completed=_count(final, "NumberOfCompletedSuboperations"),
             failed=_count(final, "NumberOfFailedSuboperations"),
             warning=_count(final, "NumberOfWarningSuboperations"),
-            received=self.receipts.count(study_uid) if self.receipts is not None else None,
+            received=sum(self.receipts.count(u) for u in uids) if self.receipts is not None else None,
         )
 
 

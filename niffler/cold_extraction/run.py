@@ -63,12 +63,24 @@ REPORT_COLUMNS = (
     "attempts", "error",
 )  # fmt: skip
 _LOG_EVERY = 10.0
+#: List moves that brought no study whole before the run asks for one study per move.
+_LIST_MISSES_TO_GIVE_UP = 2
 
 T = TypeVar("T")
 
 
 class _Stopped(Exception):
     """The run is stopping (Ctrl-C, SIGTERM): leave the row pending."""
+
+
+@dataclass
+class _Resolved:
+    """A row C-FIND resolved to studies, waiting for them to be retrieved."""
+
+    query: Query
+    detail: dict[str, Any]
+    #: (StudyInstanceUID, NumberOfStudyRelatedInstances if the PACS said) per match.
+    studies: list[tuple[str, int | None]]
 
 
 @dataclass
@@ -84,6 +96,8 @@ class Summary:
     invalid: int = 0
     duplicates: int = 0
     studies: int = 0
+    #: C-MOVE / C-GET requests sent, each for one study or a list of them.
+    transfers: int = 0
     instances: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -93,14 +107,20 @@ class Summary:
     def ok(self) -> bool:
         return not (self.failed or self.invalid or self.interrupted)
 
+    def _in_transfers(self) -> str:
+        if self.mode.startswith("cfind"):
+            return ""
+        return f" in {self.transfers} {'C-GET' if self.mode == 'get' else 'C-MOVE'}(s)"
+
     def describe(self) -> str:
         what = "matched" if self.mode.startswith("cfind") else "retrieved"
         rate = self.bytes / 1e6 / self.seconds if self.seconds else 0.0
         return (
             f"{self.rows} row(s): {self.retrieved} {what}, {self.failed} failed, {self.invalid} invalid, "
             f"{self.duplicates} duplicate, {self.done_before} done earlier"
-            f"{' (interrupted)' if self.interrupted else ''}; {self.studies} stud(ies), "
-            f"{self.instances} instance(s), {self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
+            f"{' (interrupted)' if self.interrupted else ''}; {self.studies} stud(ies)"
+            f"{self._in_transfers()}, {self.instances} instance(s), "
+            f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
             f"({rate:.1f} MB/s)"
         )
 
@@ -178,6 +198,8 @@ class ColdRun:
         self.ledger: Ledger | None = None
         self.summary = Summary(self.mode, self.storage / REPORT_NAME)
         self._summary_lock = threading.Lock()
+        self._list_misses = 0
+        self._one_study_per_move = threading.Event()
 
     # -- set-up -----------------------------------------------------------
 
@@ -305,19 +327,24 @@ class ColdRun:
                     self._put(jobs, item)
 
     def _work(self, session: PacsSession, jobs: queue.Queue[Query | None], progress: _Progress) -> None:
+        """Serve rows until the end marker: resolve each, then retrieve their studies together.
+
+        Resolved rows wait while the queue has more and their studies are
+        fewer than StudiesPerMove, so one C-MOVE can fetch several rows' studies.
+        """
+        waiting: list[_Resolved] = []
         try:
             while (query := jobs.get()) is not None:
-                if self.stop.is_set():
-                    continue
-                studies = 0
-                try:
-                    studies = self._serve(session, query)
-                except _Stopped:
-                    continue
-                except Exception:  # one row must never end the run
-                    log.exception("line %d: unexpected error", query.line)
-                    self._row_failed(query, "unexpected error (see the log)", {"line": query.line})
-                progress.advance(studies=studies)
+                if not self.stop.is_set():
+                    resolved = self._resolve(session, query, progress)
+                    if resolved is not None:
+                        waiting.append(resolved)
+                pending = sum(len(r.studies) for r in waiting)
+                if waiting and (pending >= self.config.StudiesPerMove or jobs.empty()):
+                    self._retrieve_rows(session, waiting, progress)
+                    waiting = []
+            if waiting:
+                self._retrieve_rows(session, waiting, progress)
         finally:
             session.close()
 
@@ -332,55 +359,149 @@ class ColdRun:
         self._count(failed=1)
         log.warning("line %d failed: %s", query.line, error)
 
-    def _serve(self, session: PacsSession, query: Query) -> int:
-        """Serve one row; return how many studies it resolved to."""
+    def _resolve(self, session: PacsSession, query: Query, progress: _Progress) -> _Resolved | None:
+        """C-FIND one row; finish it unless studies remain to retrieve (then return them)."""
         assert self.ledger is not None
-        self._wait_for_window()
         detail: dict[str, Any] = {"line": query.line}
         try:
+            self._wait_for_window()
             matches = self._attempt(query.line, lambda: session.find(query.identifiers, self.return_keys))
+        except _Stopped:
+            return None
         except RetrievalFailed as exc:
             self._row_failed(query, str(exc), detail)
-            return 0
+            progress.advance()
+            return None
+        except Exception:  # one row must never end the run
+            log.exception("line %d: unexpected error", query.line)
+            self._row_failed(query, "unexpected error (see the log)", detail)
+            progress.advance()
+            return None
         detail["studies"] = len(matches)
         if self.mode.startswith("cfind"):
             self.ledger.mark_done(self.namespace, query.key, {**detail, "matches": matches})
             self._count(retrieved=1, studies=len(matches))
-            return len(matches)
+            progress.advance(studies=len(matches))
+            return None
         if not matches:
             self._row_failed(query, "no study matched the query", detail)
-            return 0
-        errors, expected_total, received_total = [], 0, 0
-        for match in matches:
-            expected = _int_or_none(match.get("NumberOfStudyRelatedInstances", ""))
-            expected_total += expected or 0
-            try:
-                received_total += self._study(
-                    session, query.line, match.get("StudyInstanceUID", ""), expected
+            progress.advance()
+            return None
+        studies = [
+            (m.get("StudyInstanceUID", ""), _int_or_none(m.get("NumberOfStudyRelatedInstances", "")))
+            for m in matches
+        ]
+        return _Resolved(query, detail, studies)
+
+    def _retrieve_rows(self, session: PacsSession, rows: list[_Resolved], progress: _Progress) -> None:
+        """Retrieve the studies of resolved rows, then finish each row; rows stay pending on stop."""
+        try:
+            outcomes = self._retrieve_studies(session, rows)
+        except _Stopped:
+            return
+        except Exception:  # one batch must never end the run
+            log.exception("lines %s: unexpected error", ", ".join(str(r.query.line) for r in rows))
+            for row in rows:
+                self._row_failed(row.query, "unexpected error (see the log)", row.detail)
+                progress.advance()
+            return
+        for row in rows:
+            errors, expected_total, received_total = [], 0, 0
+            for uid, expected in row.studies:
+                expected_total += expected or 0
+                outcome = outcomes[uid]
+                if isinstance(outcome, str):
+                    errors.append(outcome)
+                else:
+                    received_total += outcome
+            row.detail.update(expected=expected_total, received=received_total)
+            self._count(studies=len(row.studies))
+            if errors:
+                self._row_failed(
+                    row.query,
+                    f"{len(errors)} of {len(row.studies)} stud(ies) not retrieved; first: {errors[0]}",
+                    row.detail,
                 )
+            else:
+                assert self.ledger is not None
+                self.ledger.mark_done(self.namespace, row.query.key, row.detail)
+                self._count(retrieved=1)
+            progress.advance(studies=len(row.studies))
+
+    def _retrieve_studies(self, session: PacsSession, rows: list[_Resolved]) -> dict[str, int | str]:
+        """Retrieve every study of *rows* not done earlier; map each to its instance count or its error.
+
+        Studies whose expected count C-FIND reported go StudiesPerMove to a
+        C-MOVE; each is done when exactly that many of its instances arrived.
+        Any the list move did not bring whole is then retrieved on its own,
+        with the usual retries and checks (:meth:`_study`).
+        """
+        assert self.ledger is not None
+        outcomes: dict[str, int | str] = {}
+        todo: dict[str, tuple[int, int | None]] = {}  # uid -> (first line asking, expected)
+        for row in rows:
+            for uid, expected in row.studies:
+                if not uid:
+                    outcomes[uid] = "a C-FIND match has no StudyInstanceUID"
+                    continue
+                prior = self.ledger.get(STUDIES, uid)
+                if prior is not None and prior.state is State.DONE:
+                    outcomes[uid] = int(prior.detail.get("received") or 0)
+                elif uid not in todo:
+                    todo[uid] = (row.query.line, expected)
+        listed = [uid for uid, (_, expected) in todo.items() if expected is not None]
+        size = self.config.StudiesPerMove
+        if session.receipts is not None and size > 1 and not self._one_study_per_move.is_set():
+            for start in range(0, len(listed), size):
+                if len(listed[start : start + size]) > 1:
+                    outcomes |= self._retrieve_together(session, listed[start : start + size], todo)
+        for uid, (line, expected) in todo.items():
+            if uid not in outcomes:
+                try:
+                    outcomes[uid] = self._study(session, line, uid, expected)
+                except RetrievalFailed as exc:
+                    outcomes[uid] = str(exc)
+        return outcomes
+
+    def _retrieve_together(
+        self, session: PacsSession, uids: list[str], todo: dict[str, tuple[int, int | None]]
+    ) -> dict[str, int | str]:
+        """One C-MOVE / C-GET of several studies; return those that arrived whole, marked done."""
+        assert self.ledger is not None and session.receipts is not None
+        if self.stop.is_set():
+            raise _Stopped
+        with session.receipts.exclusive_all(uids):
+            self._count(transfers=1)
+            try:
+                transfer = session.transfer(uids)
+                problem = verify_transfer(transfer, None, session.verb)
             except RetrievalFailed as exc:
-                errors.append(str(exc))
-        detail.update(expected=expected_total, received=received_total)
-        self._count(studies=len(matches))
-        if errors:
-            self._row_failed(
-                query, f"{len(errors)} of {len(matches)} stud(ies) not retrieved; first: {errors[0]}", detail
-            )
-        else:
-            self.ledger.mark_done(self.namespace, query.key, detail)
-            self._count(retrieved=1)
-        return len(matches)
+                problem = str(exc)
+            counts = {uid: session.receipts.count(uid) for uid in uids}
+        whole: dict[str, int | str] = {}
+        for uid, count in counts.items():
+            if count == todo[uid][1]:
+                self.ledger.mark_done(STUDIES, uid, {"expected": count, "received": count})
+                whole[uid] = count
+        if problem:
+            log.info("a %s of %d studies: %s; %d arrived whole, the rest go one by one",
+                     session.verb, len(uids), problem, len(whole))  # fmt: skip
+        if not whole and not self.stop.is_set():
+            with self._summary_lock:
+                self._list_misses += 1
+                give_up = self._list_misses == _LIST_MISSES_TO_GIVE_UP
+            if give_up:
+                self._one_study_per_move.set()
+                log.warning("the PACS did not serve a %s of several studies: asking for one study "
+                            "at a time from now on", session.verb)  # fmt: skip
+        return whole
 
     def _study(self, session: PacsSession, line: int, study_uid: str, expected: int | None) -> int:
-        """Retrieve and verify one study (unless an earlier run did); return its instance count."""
+        """Retrieve and verify one study; return its instance count."""
         assert self.ledger is not None
-        if not study_uid:
-            raise RetrievalFailed("a C-FIND match has no StudyInstanceUID")
-        prior = self.ledger.get(STUDIES, study_uid)
-        if prior is not None and prior.state is State.DONE:
-            return int(prior.detail.get("received") or 0)
 
         def attempt() -> int:
+            self._count(transfers=1)
             if session.receipts is None:
                 transfer = session.transfer(study_uid)
             else:

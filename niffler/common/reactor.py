@@ -21,9 +21,9 @@ the same work in the same order but *wait* instead of sleeping:
 
 Associations Niffler requests (C-FIND, C-MOVE, C-GET, C-STORE) get the
 waiting DUL loop too (:func:`make_requestor_event_driven`, from
-``dicomnet.NifflerAE``); their own loop stays pynetdicom's, as the caller
-reads their responses. Both kinds lose pynetdicom's debug-record handlers
-while its debug log is off (:func:`quiet_standard_logging`).
+``dicomnet.NifflerAE``), and an association loop that leaves their
+responses to the caller (pynetdicom's could take one first). Both kinds
+lose pynetdicom's debug-record handlers while its debug log is off (:func:`quiet_standard_logging`).
 
 The loops wake at least every tick for their timers and flags, so
 release/abort handling is unchanged.
@@ -40,6 +40,7 @@ import queue
 import select
 import socket
 import struct
+import time
 from types import MethodType
 from typing import Any, cast
 
@@ -163,13 +164,16 @@ def make_requestor_event_driven(assoc: Association, sock: AssociationSocket) -> 
 
     Returns whether it did.
 
-    Only the DUL's loop: while a C-FIND or C-MOVE waits for its responses
-    it polled every millisecond, competing for the interpreter with the
-    Storage SCP receiving the move. The association's own loop stays
-    pynetdicom's: it is paused while the caller sends a request and reads
-    the responses from the message queue itself, so no nudge may go there.
+    While a C-FIND or C-MOVE waits for its responses, pynetdicom's DUL
+    polled every millisecond, competing for the interpreter with the Storage
+    SCP receiving the move. The association's own loop becomes
+    :func:`_run_requestor`, which keeps pynetdicom's pausing but never takes
+    a message from the queue the caller reads its responses from.
     """
-    return assoc.is_requestor and assoc.dul.socket is None and _swap_dul(assoc, sock)
+    if not (assoc.is_requestor and assoc.dul.socket is None and _swap_dul(assoc, sock)):
+        return False
+    assoc._run_reactor = MethodType(_run_requestor, assoc)  # type: ignore[method-assign]
+    return True
 
 
 def _element(tag: int, value: bytes) -> bytes:
@@ -328,35 +332,63 @@ def _run_acceptor(self: Association) -> None:
         if msg is not None:
             self._serve_request(msg, cast(int, context_id))
 
-        if self.is_established and self.acse.is_release_requested():
-            self.acse.send_release(is_response=True)
-            log.debug("association released")
-            self.is_released = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_RELEASED, {})
-            self.kill()
+        if _ended(self):
             return
 
-        if self.acse.is_aborted():
-            self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for subscribers
-            self.is_aborted = True
-            self.is_established = False
-            evt.trigger(self, evt.EVT_ABORTED, {})
-            self.kill()
-            return
 
-        if not self.dul.is_alive():
-            self.kill()
-            return
+def _ended(self: Association) -> bool:
+    """Handle a release, an abort, a dead DUL or the network timeout as pynetdicom does; say if it ended."""
+    if self.is_established and self.acse.is_release_requested():
+        self.acse.send_release(is_response=True)
+        log.debug("association released")
+        self.is_released = True
+        self.is_established = False
+        evt.trigger(self, evt.EVT_RELEASED, {})
+        self.kill()
+        return True
 
-        if self.dul.idle_timer_expired():
-            log.error("network timeout: no data from the peer")
-            if self.network_timeout_response == "A-RELEASE":
-                self._is_paused = True
-                self._reactor_checkpoint.wait()
-                self.release()
-                self._is_paused = False
-            else:
-                self.abort()
-            self.kill()
+    if self.acse.is_aborted():
+        self.dul.receive_pdu(wait=False)  # so EVT_ACSE_RECV fires for subscribers
+        self.is_aborted = True
+        self.is_established = False
+        evt.trigger(self, evt.EVT_ABORTED, {})
+        self.kill()
+        return True
+
+    if not self.dul.is_alive():
+        self.kill()
+        return True
+
+    if self.dul.idle_timer_expired():
+        log.error("network timeout: no data from the peer")
+        if self.network_timeout_response == "A-RELEASE":
+            self._is_paused = True
+            self._reactor_checkpoint.wait()
+            self.release()
+            self._is_paused = False
+        else:
+            self.abort()
+        self.kill()
+        return True
+    return False
+
+
+def _run_requestor(self: Association) -> None:
+    """The requestor's own loop: release, abort and timeouts, never a message.
+
+    pynetdicom's loop also takes any message waiting on the queue. Between
+    a caller's pausing it and sending a request it can still do so, and then
+    drops the response the caller waits for as unexpected (pynetdicom issue
+    #875): here a C-FIND now and then lost its match and its row was reported
+    as matching nothing. Niffler's requestors take every response
+    themselves and the PACS sends them no requests, so this loop leaves the
+    queue alone.
+    """
+    self._is_paused = False
+    while not self._kill:
+        time.sleep(0.001)  # pynetdicom's cadence: a caller waits for the pause below
+        self._is_paused = True
+        self._reactor_checkpoint.wait()
+        self._is_paused = False
+        if _ended(self):
             return

@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -20,7 +21,9 @@ from click.testing import CliRunner, Result
 from pydicom import dcmread
 
 from niffler.cold_extraction.cli import main
+from niffler.cold_extraction.retrieve import RESOLVE_KEYS, PacsSession
 from niffler.cold_extraction.run import LEDGER_NAME
+from niffler.common.dicomnet import AEAddress
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus, make_instance
 from niffler.testing.peers import DcmtkStoreSCP, OrthancPACS, free_port
 
@@ -179,6 +182,45 @@ def test_each_row_type_retrieves_exactly_its_instances(
     assert int(row["instances_received"]) == int(row["instances_expected"]) == len(want)
 
 
+@pytest.mark.parametrize("mode", ["move", "get"])
+def test_studies_of_several_rows_come_in_one_list_transfer_each_checked_whole(
+    pacs: Pacs, tmp_path: Path, mode: str
+) -> None:
+    """Three PatientID rows resolve to six studies; StudiesPerMove=1 asks for each on its own."""
+    table = "PatientID\n000001\n000002\n000003\n"
+    verb = "C-GET" if mode == "get" else "C-MOVE"
+    listed, storage = run_cold(pacs, tmp_path / "listed", table, Mode=mode, StudiesPerMove=10)
+    single, single_storage = run_cold(pacs, tmp_path / "single", table, Mode=mode, StudiesPerMove=1)
+    for result, where in ((listed, storage), (single, single_storage)):
+        assert result.exit_code == 0, result.output
+        assert retrieved(where) == sops(pacs, lambda i: i.patient_id in ("000001", "000002", "000003"))
+        assert [r["status"] for r in report(where)] == ["done"] * 3
+    assert f"6 stud(ies) in 6 {verb}(s)" in single.output
+    moves = int(re.search(rf"6 stud\(ies\) in (\d+) {verb}", listed.output).group(1))  # type: ignore[union-attr]
+    assert moves <= 3  # at most one list per row, usually one for all
+    studies = sqlite3.connect(storage / LEDGER_NAME).execute(
+        "SELECT count(*) FROM entries WHERE namespace = 'cold.studies' AND state = 'done'"
+    )
+    assert studies.fetchone()[0] == 6
+
+
+def test_every_one_of_many_c_finds_on_one_association_gets_its_match(pacs: Pacs) -> None:
+    """pynetdicom's requestor loop could take a C-FIND's response first (its issue #875); ours leaves it."""
+    studies = sorted({(i.patient_id, i.accession, i.study_uid) for i in pacs.manifest})
+    peer = AEAddress.parse(f"ORTHANC@{LOOPBACK}:{pacs.orthanc.dicom_port}", "SrcAet")
+    session = PacsSession(peer=peer, calling_aet="NIFFLER", mode="move", timeout=20)
+    try:
+        found = []
+        for k in range(300):
+            patient, accession, _ = studies[k % len(studies)]
+            matches = session.find({"PatientID": patient, "AccessionNumber": accession}, RESOLVE_KEYS)
+            found.append([m["StudyInstanceUID"] for m in matches])
+        assert session._assoc is not None and session._assoc._run_reactor.__name__ == "_run_requestor"
+    finally:
+        session.close()
+    assert found == [[studies[k % len(studies)][2]] for k in range(300)]
+
+
 def test_c_get_retrieves_the_same_instances_without_an_inbound_port(pacs: Pacs, tmp_path: Path) -> None:
     result, storage = run_cold(pacs, tmp_path, "StudyMonth\n202003\n", "--mode", "get")
     assert result.exit_code == 0, result.output
@@ -263,6 +305,8 @@ def test_a_broken_study_is_retried_then_failed_while_other_rows_succeed_and_a_re
 
     result, storage = run_cold(local, tmp_path, rows)
     assert result.exit_code == 2, result.output
+    # The broken study came in a list move with others, which were kept; it then went alone, twice.
+    assert "arrived whole, the rest go one by one" in result.output
     first, second = report(storage)
     assert first["status"] == "failed" and first["attempts"] == "1"
     assert "1 of 2 stud(ies) not retrieved" in first["error"]

@@ -46,20 +46,50 @@ def test_status_names() -> None:
     assert describe_status(0x1234) == "0x1234"
 
 
-def stored(study: str, size: int = 10) -> StoredInstance:
-    return StoredInstance(Path("x"), study, "se", "sop", "cls", "ts", "PACS", size)
+def stored(study: str, sop: str = "sop", size: int = 10) -> StoredInstance:
+    return StoredInstance(Path("x"), study, "se", sop, "cls", "ts", "PACS", size)
 
 
 def test_receipts_count_per_study_and_restart_at_zero_for_each_transfer() -> None:
     receipts = Receipts()
     with receipts.exclusive("A"):
-        receipts.on_stored(stored("A"))
-        receipts.on_stored(stored("B"))
-        receipts.on_stored(stored("A"))
-        assert receipts.count("A") == 2
+        receipts.on_stored(stored("A", "1"))
+        receipts.on_stored(stored("B", "2"))
+        receipts.on_stored(stored("A", "3"))
+        assert (receipts.count("A"), receipts.count("B")) == (2, 0)  # B is not in transfer
     with receipts.exclusive("A"):
         assert receipts.count("A") == 0
     assert (receipts.instances, receipts.bytes) == (3, 30)
+
+
+def test_an_instance_sent_twice_counts_once() -> None:
+    receipts = Receipts()
+    with receipts.exclusive_all(["B", "A", "B"]):
+        for sop in ("1", "2", "1"):
+            receipts.on_stored(stored("A", sop))
+        receipts.on_stored(stored("B", "9"))
+        assert (receipts.count("A"), receipts.count("B")) == (2, 1)
+
+
+def test_list_transfers_in_opposite_orders_do_not_deadlock() -> None:
+    receipts = Receipts()
+    done: list[str] = []
+
+    def hold(uids: list[str], name: str) -> None:
+        for _ in range(200):
+            with receipts.exclusive_all(uids):
+                pass
+        done.append(name)
+
+    threads = [
+        threading.Thread(target=hold, args=(["S1", "S2", "S3"], "up")),
+        threading.Thread(target=hold, args=(["S3", "S2", "S1"], "down")),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sorted(done) == ["down", "up"]
 
 
 def test_two_rows_resolving_to_one_study_are_serialised() -> None:
