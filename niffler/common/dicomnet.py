@@ -29,6 +29,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, cast
 
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
@@ -81,13 +82,19 @@ INCOMING_DIR = ".niffler-incoming"
 #: Bytes of a received dataset parsed first for the attributes Niffler needs.
 _HEADER_PREFIX = 64 * 1024
 
-_REQUIRED_UIDS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+_SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_UID, _SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
+_REQUIRED_UIDS = {
+    _STUDY_UID: "StudyInstanceUID",
+    _SERIES_UID: "SeriesInstanceUID",
+    _SOP_INSTANCE_UID: "SOPInstanceUID",
+}
+_HANDOFF_UIDS = frozenset({_SOP_CLASS_UID, *_REQUIRED_UIDS})
 _HANDOFF_TAGS = (
     Tag(0x00080005),  # SpecificCharacterSet, to decode names in templates
-    Tag(0x00080016),  # SOPClassUID
-    Tag(0x00080018),  # SOPInstanceUID
-    Tag(0x0020000D),  # StudyInstanceUID
-    Tag(0x0020000E),  # SeriesInstanceUID
+    Tag(_SOP_CLASS_UID),
+    Tag(_SOP_INSTANCE_UID),
+    Tag(_STUDY_UID),
+    Tag(_SERIES_UID),
 )
 _UNCOMPRESSED = (
     "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
@@ -331,6 +338,27 @@ def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[B
     return parse(raw)
 
 
+def _header_values(header: Dataset) -> dict[int, Any]:
+    """Return {tag: value} of a parsed header, UIDs decoded directly and the rest by pydicom.
+
+    A UID is ASCII with an optional trailing NUL or space (PS3.5 9.1), which
+    is all pydicom's conversion does for one; going through its element
+    machinery for the four UIDs of every received instance cost as much as
+    finding them.
+    """
+    values: dict[int, Any] = {}
+    for tag in list(header.keys()):
+        raw = header.get_item(tag)
+        data = getattr(raw, "value", None)
+        vr = getattr(raw, "VR", "")
+        is_ui = vr == "UI" or (vr is None and tag in _HANDOFF_UIDS)  # implicit VR: by the tag
+        if isinstance(raw, RawDataElement) and is_ui and isinstance(data, bytes) and b"\\" not in data:
+            values[tag] = data.decode("iso8859").rstrip("\0 ")
+        else:
+            values[tag] = header[tag].value
+    return values
+
+
 def _element(tag: int, vr: bytes, value: bytes) -> bytes:
     """Return one Explicit VR Little Endian element (PS3.5 7.1.2)."""
     group, elem = tag >> 16, tag & 0xFFFF
@@ -406,16 +434,16 @@ class InstanceWriter:
         """
         ts = UID(transfer_syntax)
         try:
-            header = _read_header(raw, ts, self._tags)
-            missing = [k for k in _REQUIRED_UIDS if not header.get(k)]
+            header = _header_values(_read_header(raw, ts, self._tags))
+            missing = [keyword for tag, keyword in _REQUIRED_UIDS.items() if not header.get(tag)]
         except Exception as exc:
             raise InputError(f"received dataset cannot be parsed: {type(exc).__name__}") from exc
         if missing:
             # Every storage IOD requires them; without them the file cannot be
             # placed or extracted, and the sender must learn it was not stored.
             raise InputError(f"received dataset lacks {', '.join(missing)}")
-        sop_uid = str(header.get("SOPInstanceUID", "") or sop_uid)
-        sop_class_uid = str(header.get("SOPClassUID", "") or sop_class_uid)
+        sop_uid = str(header.get(_SOP_INSTANCE_UID) or sop_uid)
+        sop_class_uid = str(header.get(_SOP_CLASS_UID) or sop_class_uid)
         target = self.template.path_in(self.storage_folder, header)
 
         preamble = encode_part10_header(sop_class_uid, sop_uid, str(ts), calling_aet)
@@ -440,8 +468,8 @@ class InstanceWriter:
             raise
         return StoredInstance(
             path=target,
-            study_uid=str(header.get("StudyInstanceUID", "")),
-            series_uid=str(header.get("SeriesInstanceUID", "")),
+            study_uid=str(header.get(_STUDY_UID, "")),
+            series_uid=str(header.get(_SERIES_UID, "")),
             sop_uid=sop_uid,
             sop_class_uid=sop_class_uid,
             transfer_syntax=str(ts),

@@ -99,3 +99,28 @@ def test_leftover_temp_files_are_dropped_on_start(tmp_path: Path) -> None:
     (writer.incoming / "dead.part").write_bytes(b"half")
     writer.prepare()
     assert list(writer.incoming.iterdir()) == []
+
+
+@pytest.mark.parametrize("implicit", [False, True], ids=["explicit", "implicit"])
+def test_header_values_equal_pydicom_conversion(implicit: bool) -> None:
+    from pydicom.dataelem import RawDataElement
+    from pydicom.tag import Tag
+
+    from niffler.common.dicomnet import _header_values
+
+    def raw(tag: int, vr: str, value: bytes) -> RawDataElement:
+        return RawDataElement(Tag(tag), None if implicit else vr, len(value), value, 0, implicit, True)
+
+    elements = [
+        raw(0x00080005, "CS", b"ISO_IR 192"),
+        raw(0x00080016, "UI", b"1.2.840.10008.5.1.4.1.1.2\0"),
+        raw(0x00080018, "UI", b"1.2.3.44 "),
+        raw(0x00100020, "LO", "Zoë 007 ".encode()),
+        raw(0x0020000D, "UI", b"1.2.3\\4.5\0"),  # two values: pydicom's conversion
+        raw(0x0020000E, "UI", b""),
+    ]
+    header = pydicom.Dataset({e.tag: e for e in elements})
+    expected = {int(e.tag): pydicom.Dataset({e.tag: e for e in elements})[e.tag].value for e in elements}
+    got = _header_values(header)
+    assert got == expected
+    assert got[0x00080018] == "1.2.3.44" and got[0x00100020] == "Zoë 007"
