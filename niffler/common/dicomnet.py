@@ -45,7 +45,7 @@ from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
 from niffler.common.dcmscan import scan_elements
 from niffler.common.errors import AssociationError, ConfigError, InputError
@@ -81,6 +81,8 @@ DEFAULT_MAX_PDU = 4 * 1024 * 1024
 INCOMING_DIR = ".niffler-incoming"
 #: Bytes of a received dataset parsed first for the attributes Niffler needs.
 _HEADER_PREFIX = 64 * 1024
+#: How often the listening loop looks for a stop request (seconds).
+_SERVER_POLL = 0.05
 
 _SOP_CLASS_UID, _SOP_INSTANCE_UID, _STUDY_UID, _SERIES_UID = 0x00080016, 0x00080018, 0x0020000D, 0x0020000E
 _REQUIRED_UIDS = {
@@ -631,17 +633,27 @@ class StorageSCP:
             self.writer.prepare()
             ae = self._build_ae()
             try:
-                self._server = ae.start_server(
+                server = ae.make_server(
                     (self.host, self._requested_port),
-                    block=False,
                     contexts=self._contexts(),
                     evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_CONN_OPEN, _accepted)],
+                    server_class=ThreadedAssociationServer,
                 )
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen on {self.host}:{self._requested_port} as {self.ae_title}: "
                     f"{exc.strerror or exc}"
                 ) from None
+            # As AE.start_server(block=False) does, but looking for a stop every
+            # 50 ms instead of 0.5 s: every run of niffler-cold ends with one.
+            ae._servers.append(server)
+            threading.Thread(
+                target=server.serve_forever,
+                args=(_SERVER_POLL,),
+                name=f"StorageSCP-{self.ae_title}",
+                daemon=True,
+            ).start()
+            self._server = server
         log.info("Storage SCP %s listening on %s:%d", self.ae_title, self.host, self.port)
         return self
 
