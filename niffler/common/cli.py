@@ -28,7 +28,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     """Configure the root logger on stderr: INFO by default, -v DEBUG, -q WARNING.
 
-    Also stops pydicom's value warnings, which quote identifiers (see below).
+    Also stops pydicom's value warnings, which can quote identifiers (see below).
     """
     level = logging.INFO - 10 * verbose + 10 * quiet
     logging.basicConfig(
@@ -39,10 +39,11 @@ def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     )
     # pynetdicom logs every PDU at INFO; keep its noise for -vv.
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
-    # pydicom checks every value it reads and warns, quoting the value, when one
-    # breaks its VR's rules: a malformed birth date or name would reach the log.
-    # Niffler never acts on those warnings, and the regex per value was a
-    # quarter of the CPU of accepting a PACS's association (every proposed UID).
+    # pydicom checks values as it reads them and warns when one breaks its VR's
+    # rules, quoting a malformed UID (a study's or patient's UID identifies
+    # them: PS3.15 replaces it) in the log. Niffler never acts on those
+    # warnings, and the regex per UID was a quarter of the CPU of accepting a
+    # PACS's association (every proposed context's UIDs).
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     logging.getLogger(__name__).debug("niffler %s, pid %d", __version__, os.getpid())
 
