@@ -452,9 +452,9 @@ class ColdRun:
         listed = [uid for uid, (_, expected) in todo.items() if expected is not None]
         size = self.config.StudiesPerMove
         if session.receipts is not None and size > 1 and not self._one_study_per_move.is_set():
-            for start in range(0, len(listed), size):
-                if len(listed[start : start + size]) > 1:
-                    outcomes |= self._retrieve_together(session, listed[start : start + size], todo)
+            for chunk in (listed[start : start + size] for start in range(0, len(listed), size)):
+                if len(chunk) > 1:
+                    outcomes |= self._retrieve_together(session, chunk, todo)
         for uid, (line, expected) in todo.items():
             if uid not in outcomes:
                 try:

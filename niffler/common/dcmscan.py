@@ -24,7 +24,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-__all__ = ["scan_elements"]
+__all__ = ["decode_uid", "scan_elements"]
 
 #: Explicit VRs whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
 _LONG_VRS = frozenset(
@@ -128,3 +128,15 @@ def scan_elements(data: bytes | memoryview, implicit: bool, tags: Iterable[int])
                 found[tag] = RawDataElement(Tag(tag), vr, length, value, start, implicit, True, True, False)
     except (_Unsure, struct.error):
         return None
+
+
+def decode_uid(raw: bytes) -> str | None:
+    """Return one encoded UID value as pydicom reads it, or None when it holds several.
+
+    A UID is ASCII padded to even length with a NUL (PS3.5 9.1); pydicom
+    also drops trailing spaces. A backslash separates values, which the
+    callers leave to pydicom.
+    """
+    if b"\\" in raw:
+        return None
+    return raw.decode("iso8859").rstrip("\0 ")

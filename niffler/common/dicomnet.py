@@ -47,7 +47,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, Presentation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from niffler.common.dcmscan import scan_elements
+from niffler.common.dcmscan import decode_uid, scan_elements
 from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.common.reactor import make_event_driven, make_requestor_event_driven, quiet_standard_logging
@@ -354,10 +354,12 @@ def _header_values(header: Dataset) -> dict[int, Any]:
         data = getattr(raw, "value", None)
         vr = getattr(raw, "VR", "")
         is_ui = vr == "UI" or (vr is None and tag in _HANDOFF_UIDS)  # implicit VR: by the tag
-        if isinstance(raw, RawDataElement) and is_ui and isinstance(data, bytes) and b"\\" not in data:
-            values[tag] = data.decode("iso8859").rstrip("\0 ")
-        else:
-            values[tag] = header[tag].value
+        uid = (
+            decode_uid(data)
+            if isinstance(raw, RawDataElement) and is_ui and isinstance(data, bytes)
+            else None
+        )
+        values[tag] = uid if uid is not None else header[tag].value
     return values
 
 

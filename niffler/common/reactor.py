@@ -23,11 +23,11 @@ Associations Niffler requests (C-FIND, C-MOVE, C-GET, C-STORE) get the
 waiting DUL loop too (:func:`make_requestor_event_driven`, from
 ``dicomnet.NifflerAE``), and an association loop that leaves their
 responses to the caller (pynetdicom's could take one first). Both kinds
-lose pynetdicom's debug-record handlers while its debug log is off (:func:`quiet_standard_logging`).
+lose pynetdicom's debug-record handlers while its debug log is off
+(:func:`quiet_standard_logging`).
 
 The loops wake at least every tick for their timers and flags, so
-release/abort handling is unchanged.
-They follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
+release/abort handling is unchanged. They follow pynetdicom 3.0's ``DULServiceProvider.run_reactor`` and
 ``Association._run_reactor`` (MIT licence); on another pynetdicom version
 nothing is swapped and the stock loops run.
 """
@@ -62,6 +62,8 @@ from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
 from pynetdicom.transport import AssociationSocket
+
+from niffler.common.dcmscan import decode_uid
 
 __all__ = [
     "SUPPORTED",
@@ -248,9 +250,10 @@ def _command_values(command: bytes) -> dict[str, Any] | None:
             values[keyword] = struct.unpack("<H", raw)[0]
         elif vr == "UL" and length == 4:
             values[keyword] = struct.unpack("<I", raw)[0]
-        elif vr in ("UI", "AE") and length and b"\\" not in raw:
-            text = raw.decode("iso8859")
-            values[keyword] = text.rstrip("\0 ") if vr == "UI" else text.strip()
+        elif vr == "UI" and length and (uid := decode_uid(raw)) is not None:
+            values[keyword] = uid
+        elif vr == "AE" and length and b"\\" not in raw:
+            values[keyword] = raw.decode("iso8859").strip()
         else:
             return None
     return values
@@ -371,8 +374,8 @@ def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
 def _wait(dul: DULServiceProvider, listen: socket.socket) -> None:
     """Wait up to a tick for data from the peer or a primitive to send."""
     # A requestor's socket is watched once it connects (an unconnected one reads as ready).
-    connected = dul.socket is not None and dul.socket._is_connected
-    sock = dul.socket.socket if connected and dul.socket is not None else None
+    transport = dul.socket
+    sock = transport.socket if transport is not None and transport._is_connected else None
     watched: list[socket.socket] = [listen]
     if sock is not None and sock.fileno() >= 0:
         watched.append(sock)
