@@ -24,7 +24,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
@@ -47,6 +47,7 @@ from niffler.common.dicomnet import (
     open_association,
 )
 from niffler.common.errors import AssociationError
+from niffler.common.reactor import RetrieveResponse, send_retrieve, set_store_handler
 
 __all__ = [
     "CFIND_DETAILED_KEYS",
@@ -82,6 +83,7 @@ CFIND_DETAILED_KEYS = (
 RESOLVE_KEYS = ("PatientID", "StudyInstanceUID", "NumberOfStudyRelatedInstances")
 
 _PENDING = (0xFF00, 0xFF01)
+T = TypeVar("T")
 _STATUS_NAMES = {
     0x0000: "Success",
     0x0001: "Warning: requested optional attributes are not supported",
@@ -242,11 +244,6 @@ def _new_ae(calling_aet: str, timeout: float) -> AE:
     return ae
 
 
-def _count(status: Dataset, keyword: str) -> int | None:
-    value = status.get(keyword)
-    return int(value) if value is not None and value != "" else None
-
-
 class PacsSession:
     """One worker's association to the PACS, reused across rows.
 
@@ -310,6 +307,9 @@ class PacsSession:
                 self._assoc = open_association(ae, self.peer, ext_neg=ext_neg, evt_handlers=handlers)
             except AssociationError as exc:
                 raise RetrievalFailed(str(exc)) from None
+            if self.mode == "get" and self.writer is not None:
+                on_stored = self.receipts.on_stored if self.receipts is not None else None
+                set_store_handler(self._assoc, self.writer.store_handler(on_stored))
             return self._assoc
 
     def _on_c_store(self, event: evt.Event) -> int:
@@ -336,16 +336,17 @@ class PacsSession:
             assoc.release()
 
     def _responses(
-        self, send: Callable[[Association], Iterator[tuple[Dataset, Dataset | None]]], verb: str
-    ) -> Iterator[tuple[int, Dataset, Dataset | None]]:
+        self, send: Callable[[Association], Iterator[tuple[int | None, T]]], verb: str
+    ) -> Iterator[tuple[int, T]]:
+        """Yield (status, response) of the request *send* makes; raise RetrievalFailed saying why not."""
         assoc = self._association()
         waiting = time.monotonic()
         try:
-            for status, identifier in send(assoc):
-                if not status or "Status" not in status:
+            for status, response in send(assoc):
+                if status is None:
                     raise RetrievalFailed(self._silence(assoc, verb, time.monotonic() - waiting))
                 waiting = time.monotonic()
-                yield int(status.Status), status, identifier
+                yield status, response
         except RetrievalFailed:
             self.drop()
             raise
@@ -370,10 +371,13 @@ class PacsSession:
             setattr(query, keyword, "")
         for keyword, value in identifiers.items():
             setattr(query, keyword, value)
+
+        def send(a: Association) -> Iterator[tuple[int | None, Dataset | None]]:
+            for status, identifier in a.send_c_find(query, StudyRootQueryRetrieveInformationModelFind):
+                yield (int(status.Status) if status and "Status" in status else None), identifier
+
         matches: list[dict[str, str]] = []
-        for code, _, identifier in self._responses(
-            lambda a: a.send_c_find(query, StudyRootQueryRetrieveInformationModelFind), "C-FIND"
-        ):
+        for code, identifier in self._responses(send, "C-FIND"):
             if code in _PENDING:
                 if identifier is not None:
                     matches.append({k: _text(identifier.get(k, "")) for k in return_keys})
@@ -393,23 +397,28 @@ class PacsSession:
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = uids[0] if len(uids) == 1 else uids
 
-        def send(a: Association) -> Iterator[tuple[Dataset, Dataset | None]]:
-            if self.mode == "get":
-                return a.send_c_get(query, StudyRootQueryRetrieveInformationModelGet)
-            return a.send_c_move(query, self.move_destination, StudyRootQueryRetrieveInformationModelMove)
+        model = (
+            StudyRootQueryRetrieveInformationModelGet
+            if self.mode == "get"
+            else StudyRootQueryRetrieveInformationModelMove
+        )
+        destination = None if self.mode == "get" else self.move_destination
 
-        final: Dataset | None = None
-        code = 0
-        for code, status, _ in self._responses(send, self.verb):
+        def send(a: Association) -> Iterator[tuple[int | None, RetrieveResponse]]:
+            for response in send_retrieve(a, query, model, destination):
+                yield response.status, response
+
+        final: RetrieveResponse | None = None
+        for code, response in self._responses(send, self.verb):
             if code not in _PENDING:
-                final = status
-        if final is None:
+                final = response
+        if final is None or final.status is None:
             raise RetrievalFailed(f"{self.verb}: the PACS sent no final response")
         return Transfer(
-            status=code,
-            completed=_count(final, "NumberOfCompletedSuboperations"),
-            failed=_count(final, "NumberOfFailedSuboperations"),
-            warning=_count(final, "NumberOfWarningSuboperations"),
+            status=final.status,
+            completed=final.completed,
+            failed=final.failed,
+            warning=final.warning,
             received=sum(self.receipts.count(u) for u in uids) if self.receipts is not None else None,
         )
 

@@ -50,7 +50,14 @@ from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 from niffler.common.dcmscan import decode_uid, scan_elements
 from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
-from niffler.common.reactor import make_event_driven, make_requestor_event_driven, quiet_standard_logging
+from niffler.common.reactor import (
+    StoreHandler,
+    StoreRequest,
+    make_event_driven,
+    make_requestor_event_driven,
+    quiet_standard_logging,
+    set_store_handler,
+)
 
 __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
@@ -179,11 +186,12 @@ def no_delay(event: evt.Event) -> None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-def _accepted(event: evt.Event) -> None:
+def _accepted(event: evt.Event, store: StoreHandler | None = None) -> None:
     """EVT_CONN_OPEN handler of the Storage SCP: no Nagle, and the event-driven reactors (see reactor.py)."""
     no_delay(event)
     quiet_standard_logging(event.assoc)
-    make_event_driven(event.assoc)
+    if make_event_driven(event.assoc) and store is not None:
+        set_store_handler(event.assoc, store)
 
 
 class NifflerAE(AE):
@@ -487,22 +495,35 @@ class InstanceWriter:
         on_stored: Callable[[StoredInstance], None] | None = None,
         admit: Callable[[], int] | None = None,
     ) -> int:
-        """Return the C-STORE status for *event* after storing it; never raises."""
+        """Return the C-STORE status for an EVT_C_STORE *event* after storing it; never raises."""
         request = cast(C_STORE, event.request)
-        calling = event.assoc.requestor.ae_title.strip() if event.assoc else ""
+        return self.store(
+            cast(BytesIO, request.DataSet).getbuffer(),
+            event.context.transfer_syntax,
+            str(request.AffectedSOPClassUID),
+            str(request.AffectedSOPInstanceUID),
+            _peer_title(event.assoc),
+            on_stored,
+            admit,
+        )
+
+    def store(
+        self,
+        raw: bytes | memoryview,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_uid: str,
+        calling: str,
+        on_stored: Callable[[StoredInstance], None] | None = None,
+        admit: Callable[[], int] | None = None,
+    ) -> int:
+        """Store one received dataset and hand it on; return the C-STORE status. Never raises."""
         if admit is not None:
             refusal = admit()
             if refusal:
                 return refusal
         try:
-            raw = cast(BytesIO, request.DataSet).getbuffer()
-            stored = self.write(
-                raw,
-                event.context.transfer_syntax,
-                str(request.AffectedSOPClassUID),
-                str(request.AffectedSOPInstanceUID),
-                calling,
-            )
+            stored = self.write(raw, transfer_syntax, sop_class_uid, sop_uid, calling)
         except OSError as exc:
             log.error("cannot write a received instance from %s: %s", calling, exc.strerror or exc)
             return STATUS_OUT_OF_RESOURCES
@@ -519,6 +540,35 @@ class InstanceWriter:
                 # The file is safely on disk; consumers rescan the folder on start.
                 log.exception("hand-off of a stored instance failed")
         return STATUS_SUCCESS
+
+    def store_handler(
+        self,
+        on_stored: Callable[[StoredInstance], None] | None = None,
+        admit: Callable[[], int] | None = None,
+    ) -> StoreHandler:
+        """Return a handler for :func:`~niffler.common.reactor.set_store_handler` that stores here."""
+
+        def serve(assoc: Association, request: StoreRequest) -> int:
+            transfer_syntax = str(assoc._accepted_cx[request.context_id].transfer_syntax[0])
+            return self.store(
+                request.dataset,
+                transfer_syntax,
+                request.sop_class_uid,
+                request.sop_instance_uid,
+                _peer_title(assoc),
+                on_stored,
+                admit,
+            )
+
+        return serve
+
+
+def _peer_title(assoc: Association | None) -> str:
+    """The AE title of the peer that sent an instance: a C-MOVE's storer, or the PACS of a C-GET."""
+    if assoc is None:
+        return ""
+    peer = assoc.acceptor if assoc.is_requestor else assoc.requestor
+    return str(peer.ae_title).strip()
 
 
 class _SharedContext(PresentationContext):
@@ -634,11 +684,15 @@ class StorageSCP:
                 return self
             self.writer.prepare()
             ae = self._build_ae()
+            store = self.writer.store_handler(self.on_stored, self.admit)
             try:
                 server = ae.make_server(
                     (self.host, self._requested_port),
                     contexts=self._contexts(),
-                    evt_handlers=[(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_CONN_OPEN, _accepted)],
+                    evt_handlers=[
+                        (evt.EVT_C_STORE, self._on_c_store),
+                        (evt.EVT_CONN_OPEN, _accepted, [store]),
+                    ],
                     server_class=ThreadedAssociationServer,
                 )
             except OSError as exc:

@@ -42,12 +42,16 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from io import BytesIO
 from types import MethodType
 from typing import Any, cast
 
 import pynetdicom
-from pynetdicom import evt
+from pydicom.dataset import Dataset
+from pynetdicom import _config as _pynetdicom_config
+from pynetdicom import dsutils, evt
 from pynetdicom._handlers import (
     standard_dimse_recv_handler,
     standard_dimse_sent_handler,
@@ -57,7 +61,7 @@ from pynetdicom._handlers import (
 from pynetdicom.association import Association
 from pynetdicom.dimse import DIMSEServiceProvider
 from pynetdicom.dimse_messages import _DATASET_KEYWORDS, _MSG_TO_PRIMITVE, DIMSEMessage
-from pynetdicom.dimse_primitives import C_CANCEL, C_STORE, N_EVENT_REPORT
+from pynetdicom.dimse_primitives import C_CANCEL, C_GET, C_MOVE, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
@@ -67,11 +71,17 @@ from niffler.common.dcmscan import decode_uid
 
 __all__ = [
     "SUPPORTED",
+    "RetrieveResponse",
+    "StoreHandler",
+    "StoreRequest",
     "command_to_primitive",
     "encode_store_response",
     "make_event_driven",
     "make_requestor_event_driven",
     "quiet_standard_logging",
+    "send_retrieve",
+    "serve_store",
+    "set_store_handler",
 ]
 
 log = logging.getLogger(__name__)
@@ -154,6 +164,8 @@ def _swap_dul(assoc: Association, sock: Any) -> bool:
     sock.recv = MethodType(_recv_exact, sock)  # type: ignore[method-assign]
     assoc.dimse.send_msg = MethodType(_send_msg, assoc.dimse)  # type: ignore[method-assign]
     assoc.dimse.receive_primitive = MethodType(_receive_primitive, assoc.dimse)  # type: ignore[method-assign]
+    assoc.dimse._niffler_incoming = _Incoming()  # type: ignore[attr-defined]
+    assoc.dimse._deliver_message = MethodType(_deliver_message, assoc.dimse)  # type: ignore[attr-defined]
     return True
 
 
@@ -208,7 +220,7 @@ def encode_store_response(message_id: int, status: int, sop_class_uid: str, sop_
 
 #: Command elements read straight into a primitive: tag -> (keyword, VR). Any
 #: other element, a value of another shape, or a message type not listed in
-#: :data:`_FAST_MESSAGES` goes through pynetdicom's ``message_to_primitive``.
+#: :data:`_FAST_COMMANDS` goes through pynetdicom's ``message_to_primitive``.
 _COMMAND_ELEMENTS = {
     0x00000000: ("CommandGroupLength", "UL"),
     0x00000002: ("AffectedSOPClassUID", "UI"),
@@ -226,9 +238,6 @@ _COMMAND_ELEMENTS = {
     0x00001030: ("MoveOriginatorApplicationEntityTitle", "AE"),
     0x00001031: ("MoveOriginatorMessageID", "US"),
 }
-#: The messages Niffler receives in bulk: C-STORE requests, and the responses
-#: to its C-FIND, C-MOVE and C-GET.
-_FAST_MESSAGES = frozenset({"C_STORE_RQ", "C_FIND_RSP", "C_MOVE_RSP", "C_GET_RSP"})
 
 
 def _command_values(command: bytes) -> dict[str, Any] | None:
@@ -259,6 +268,43 @@ def _command_values(command: bytes) -> dict[str, Any] | None:
     return values
 
 
+#: CommandField -> message name, for the messages read without pynetdicom (PS3.7 E.1).
+_FAST_COMMANDS = {0x0001: "C_STORE_RQ", 0x8020: "C_FIND_RSP", 0x8021: "C_MOVE_RSP", 0x8010: "C_GET_RSP"}
+_NO_DATASET = 0x0101
+
+
+@dataclass(slots=True)
+class StoreRequest:
+    """A C-STORE request read straight from its PDVs, served without a pynetdicom primitive.
+
+    Associations with a store handler (:func:`set_store_handler`) queue these
+    instead of C_STORE primitives; *dataset* is the encoded dataset exactly as
+    received.
+    """
+
+    context_id: int
+    message_id: int
+    sop_class_uid: str
+    sop_instance_uid: str
+    dataset: bytes | memoryview
+
+
+#: Serves a StoreRequest on an association; returns the C-STORE status. Must not raise.
+StoreHandler = Callable[[Association, StoreRequest], int]
+
+
+def _primitive(name: str, values: dict[str, Any], context_id: int, dataset: bytes | memoryview | None) -> Any:
+    """Return the pynetdicom primitive of a message read by :func:`_command_values`."""
+    primitive: Any = _MSG_TO_PRIMITVE[name[: name.rfind("_R")]]()
+    for keyword, value in values.items():
+        if hasattr(primitive, keyword):
+            setattr(primitive, keyword, value)
+    # As pynetdicom: a message without a dataset still has an empty one.
+    setattr(primitive, _DATASET_KEYWORDS[name], BytesIO(dataset if dataset is not None else b""))
+    primitive._context_id = context_id
+    return primitive
+
+
 def command_to_primitive(message: DIMSEMessage) -> Any:
     """Return the DIMSE primitive of a decoded message, as ``message_to_primitive`` would.
 
@@ -270,30 +316,129 @@ def command_to_primitive(message: DIMSEMessage) -> Any:
     primitive attributes; anything else takes pynetdicom's path.
     """
     name = type(message).__name__
-    values = _command_values(message.encoded_command_set.getvalue()) if name in _FAST_MESSAGES else None
+    values = (
+        _command_values(message.encoded_command_set.getvalue()) if name in _FAST_COMMANDS.values() else None
+    )
     if values is None:
         return message.message_to_primitive()
-    primitive: Any = _MSG_TO_PRIMITVE[name[: name.rfind("_R")]]()
-    for keyword, value in values.items():
-        if hasattr(primitive, keyword):
-            setattr(primitive, keyword, value)
+    primitive = _primitive(name, values, cast(int, message.context_id), None)
     setattr(primitive, _DATASET_KEYWORDS[name], message.data_set)
-    primitive._context_id = message.context_id
     primitive._dataset_path = message._data_set_path
     primitive._dataset_file = message._data_set_file
     return primitive
 
 
+class _Incoming:
+    """Assembles DIMSE messages from PDVs, reading the common ones without pynetdicom.
+
+    pynetdicom decodes every command set into a pydicom Dataset before
+    converting it (``DIMSEMessage.decode_msg``), and builds a Dataset for
+    each new message: with the conversion, most of the CPU of receiving a
+    small instance. Here a command set is read with :func:`_command_values`;
+    a message it cannot read (other types, error comments, unusual values)
+    is handed, from its first byte, to pynetdicom's ``DIMSEMessage``.
+    """
+
+    __slots__ = ("command", "context_id", "dataset", "name", "slow", "store", "values")
+
+    def __init__(self) -> None:
+        self.store: StoreHandler | None = None
+        self.slow: DIMSEMessage | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        self.command = bytearray()
+        self.values: dict[str, Any] | None = None
+        self.name = ""
+        self.context_id = 0
+        self.dataset: list[bytes | memoryview] = []
+
+    def feed(self, context_id: int, data: bytes, assoc: Association | None, fast: bool) -> list[Any]:
+        """Take one PDV; return the messages it completed, each a primitive, StoreRequest or DIMSEMessage."""
+        if self.slow is not None:
+            return self._feed_slow(context_id, data, assoc)
+        header = data[0]
+        if not header & 1:  # a dataset fragment
+            if self.values is None:  # before any command: pynetdicom's business
+                self.slow = DIMSEMessage()
+                return self._feed_slow(context_id, data, assoc)
+            self.dataset.append(memoryview(data)[1:])
+            return [self._complete()] if header & 2 else []
+        self.command += memoryview(data)[1:]
+        if not header & 2:
+            return []
+        command = bytes(self.command)
+        values = _command_values(command) if fast else None
+        name = _FAST_COMMANDS.get(values.get("CommandField", -1), "") if values else ""
+        if not name or values is None or self.values is not None or self.dataset:
+            self._reset()
+            self.slow = DIMSEMessage()
+            return self._feed_slow(context_id, b"\x03" + command, assoc)
+        self.values, self.name, self.context_id = values, name, context_id
+        return [self._complete()] if values.get("CommandDataSetType") == _NO_DATASET else []
+
+    def _feed_slow(self, context_id: int, data: bytes, assoc: Association | None) -> list[Any]:
+        assert self.slow is not None
+        wrapper = P_DATA()
+        wrapper.presentation_data_value_list.append((context_id, data))
+        if not self.slow.decode_msg(wrapper, assoc):
+            return []
+        message, self.slow = self.slow, None
+        return [message]
+
+    def _complete(self) -> Any:
+        values, name, context_id, parts = self.values, self.name, self.context_id, self.dataset
+        assert values is not None
+        self._reset()
+        dataset = None
+        if values.get("CommandDataSetType") != _NO_DATASET:
+            dataset = parts[0] if len(parts) == 1 else b"".join(parts)
+        if name == "C_STORE_RQ" and self.store is not None and dataset is not None:
+            message_id = values.get("MessageID")
+            sop_class = values.get("AffectedSOPClassUID")
+            sop_instance = values.get("AffectedSOPInstanceUID")
+            if message_id is not None and sop_class and sop_instance:
+                return StoreRequest(context_id, message_id, sop_class, sop_instance, dataset)
+        return _primitive(name, values, context_id, dataset)
+
+
+def set_store_handler(assoc: Association, handler: StoreHandler | None) -> bool:
+    """Serve *assoc*'s C-STORE requests with *handler* instead of EVT_C_STORE; say if it will.
+
+    Only an association with the waiting loops (:func:`make_event_driven`,
+    :func:`make_requestor_event_driven`) can; requests the fast reader does
+    not take still reach the EVT_C_STORE handlers.
+    """
+    incoming = getattr(assoc.dimse, "_niffler_incoming", None)
+    if not isinstance(incoming, _Incoming):
+        return False
+    incoming.store = handler
+    return True
+
+
 def _receive_primitive(self: DIMSEServiceProvider, primitive: P_DATA) -> None:
-    """pynetdicom's ``receive_primitive``, with :func:`command_to_primitive` for the conversion."""
-    if self.message is None:
-        self.message = DIMSEMessage()
-    if not self.message.decode_msg(primitive, self.assoc):
-        return
-    evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": self.message})
-    context_id = cast(int, self.message.context_id)
+    """pynetdicom's ``receive_primitive``, with :class:`_Incoming` assembling the messages."""
+    incoming = cast(_Incoming, self._niffler_incoming)  # type: ignore[attr-defined]
+    # A subscriber to EVT_DIMSE_RECV gets pynetdicom's messages, as it expects.
+    fast = not _pynetdicom_config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(
+        evt.EVT_DIMSE_RECV
+    )
+    for context_id, data in primitive.presentation_data_value_list:
+        for item in incoming.feed(context_id, data, self.assoc, fast):
+            if isinstance(item, DIMSEMessage):
+                self._deliver_message(item)  # type: ignore[attr-defined]
+            else:
+                self.msg_queue.put(
+                    (item.context_id if isinstance(item, StoreRequest) else item._context_id, item)
+                )
+
+
+def _deliver_message(self: DIMSEServiceProvider, message: DIMSEMessage) -> None:
+    """The rest of pynetdicom's ``receive_primitive`` for a message it decoded."""
+    evt.trigger(self.assoc, evt.EVT_DIMSE_RECV, {"message": message})
+    context_id = cast(int, message.context_id)
     try:
-        d_primitive = command_to_primitive(self.message)
+        d_primitive = command_to_primitive(message)
     except Exception:
         log.exception("received an invalid DIMSE message")
         self.dul.event_queue.put("Evt19")
@@ -305,12 +450,126 @@ def _receive_primitive(self: DIMSEServiceProvider, primitive: P_DATA) -> None:
         threading.Thread(target=self.assoc._serve_request, args=(d_primitive, context_id)).start()
     else:
         self.msg_queue.put((context_id, d_primitive))
-    # As pynetdicom does (its issue #41): drop the message's buffers, ready for the next one.
-    self.message.encoded_command_set = BytesIO()
-    self.message.data_set = BytesIO()
-    self.message._data_set_file = None
-    self.message._data_set_path = None
-    self.message = None
+
+
+def serve_store(assoc: Association, request: StoreRequest) -> None:
+    """Serve a StoreRequest with the association's store handler and answer it, as pynetdicom's SCP would."""
+    handler = cast(_Incoming, assoc.dimse._niffler_incoming).store  # type: ignore[attr-defined]
+    if assoc._sent_release:
+        log.warning("C-STORE request received during association release, ignoring")
+        return
+    if handler is None or request.context_id not in assoc._accepted_cx:
+        log.info("received a C-STORE request on an invalid or rejected presentation context")
+        assoc.abort()
+        return
+    try:
+        status = handler(assoc, request)
+    except Exception:
+        log.exception("the C-STORE handler failed")
+        status = 0xC211  # as pynetdicom answers a handler that raised
+    if not assoc.is_established:
+        return
+    if _only_standard_logging(assoc):
+        command = encode_store_response(
+            request.message_id, status, request.sop_class_uid, request.sop_instance_uid
+        )
+        pdata = P_DATA()
+        pdata.presentation_data_value_list.append((request.context_id, b"\x03" + command))
+        assoc.dul.send_pdu(pdata)
+        return
+    response = C_STORE()
+    response.MessageIDBeingRespondedTo = request.message_id
+    response.AffectedSOPClassUID = request.sop_class_uid
+    response.AffectedSOPInstanceUID = request.sop_instance_uid
+    response.Status = status
+    DIMSEServiceProvider.send_msg(assoc.dimse, response, request.context_id)
+
+
+@dataclass(frozen=True, slots=True)
+class RetrieveResponse:
+    """One C-MOVE / C-GET response; *status* None when none came (abort, timeout, a bad message)."""
+
+    status: int | None
+    remaining: int | None = None
+    completed: int | None = None
+    failed: int | None = None
+    warning: int | None = None
+
+
+_PENDING = (0xFF00, 0xFF01)
+
+
+def send_retrieve(
+    assoc: Association,
+    identifier: Dataset,
+    query_model: str,
+    move_destination: str | None = None,
+    message_id: int = 1,
+) -> Iterator[RetrieveResponse]:
+    """Send a C-MOVE (to *move_destination*) or, without one, a C-GET; yield each response.
+
+    pynetdicom's ``send_c_move`` / ``send_c_get`` build a status Dataset for
+    every response, and a PACS sends one per instance: a tenth of the CPU of
+    a C-MOVE. This follows them (pausing the association's loop, serving a
+    C-GET's C-STORE requests, the same handling of a missing or unexpected
+    message) but yields the counts from the primitive. The identifier of a
+    final response (the failed SOP Instance UID list) is not read.
+    """
+    if not assoc.is_established:
+        raise RuntimeError("the association must be established before a C-MOVE or C-GET")
+    context = assoc._get_valid_context(query_model, "", "scu")
+    request: Any = C_MOVE() if move_destination is not None else C_GET()
+    request.MessageID = message_id
+    request.AffectedSOPClassUID = query_model
+    request.Priority = 2
+    if move_destination is not None:
+        request.MoveDestination = move_destination
+    syntax = context.transfer_syntax[0]
+    encoded = dsutils.encode(identifier, syntax.is_implicit_VR, syntax.is_little_endian, syntax.is_deflated)
+    if encoded is None:
+        raise ValueError("failed to encode the C-MOVE / C-GET identifier")
+    request.Identifier = BytesIO(encoded)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    assoc.dimse.send_msg(request, cast(int, context.context_id))
+    return _retrieve_responses(assoc)
+
+
+def _retrieve_responses(assoc: Association) -> Iterator[RetrieveResponse]:
+    while True:
+        _, response = assoc.dimse.get_msg(block=True)
+        if isinstance(response, StoreRequest):
+            serve_store(assoc, response)
+            continue
+        if isinstance(response, C_STORE):
+            assoc._c_store_scp(response)
+            continue
+        if response is None:
+            assoc._handle_no_response()
+            assoc._reactor_checkpoint.set()
+            yield RetrieveResponse(None)
+            return
+        if not isinstance(response, (C_MOVE, C_GET)) or not response.is_valid_response:
+            log.error("received an unexpected or invalid message in reply to a C-MOVE / C-GET")
+            assoc.abort()
+            assoc._reactor_checkpoint.set()
+            yield RetrieveResponse(None)
+            return
+        status = cast(int, response.Status)
+        counts = RetrieveResponse(
+            status,
+            response.NumberOfRemainingSuboperations,
+            response.NumberOfCompletedSuboperations,
+            response.NumberOfFailedSuboperations,
+            response.NumberOfWarningSuboperations,
+        )
+        if status in _PENDING:
+            yield counts
+            continue
+        assoc._reactor_checkpoint.set()
+        yield counts
+        return
 
 
 def _only_standard_logging(assoc: Association) -> bool:
@@ -443,7 +702,9 @@ def _run_acceptor(self: Association) -> None:
             context_id, msg = self.dimse.msg_queue.get(timeout=_TICK)
         except queue.Empty:
             msg = None
-        if msg is not None:
+        if isinstance(msg, StoreRequest):
+            serve_store(self, msg)
+        elif msg is not None:
             self._serve_request(msg, cast(int, context_id))
 
         if _ended(self):

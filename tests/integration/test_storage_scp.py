@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pydicom
 import pytest
@@ -72,6 +73,29 @@ def test_storescu_corpus_arrives_byte_identical_where_template_says(
         assert rec.series_uid == by_sop[rec.sop_uid].series_uid and rec.path.exists()
     # No temp files remain.
     assert list((root / ".niffler-incoming").iterdir()) == []
+
+
+class _CountingSCP(StorageSCP):
+    """Counts the stores that reached pynetdicom's EVT_C_STORE path."""
+
+    evt_stores = 0
+
+    def _on_c_store(self, event: Any) -> int:
+        self.evt_stores += 1
+        return super()._on_c_store(event)
+
+
+def test_stores_are_served_from_their_bytes_not_through_pynetdicom_events(
+    tmp_path: Path, corpus: list[Instance]
+) -> None:
+    received: list[StoredInstance] = []
+    with _CountingSCP(tmp_path / "in", host=LOOPBACK, on_stored=received.append) as server:
+        storescu(server.port, corpus[0].path.parent)
+    assert sorted(r.sop_uid for r in received) == sorted(i.sop_uid for i in corpus)
+    assert server.evt_stores == 0
+    for inst in corpus:
+        target = tmp_path / "in" / inst.patient_id / inst.study_uid / inst.series_uid / f"{inst.sop_uid}.dcm"
+        assert dataset_bytes(target) == dataset_bytes(inst.path)
 
 
 @pytest.mark.parametrize("name", ["CT_small.dcm", *COMPRESSED_FILES])

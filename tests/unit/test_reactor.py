@@ -10,7 +10,14 @@ from pynetdicom.dimse_messages import C_FIND_RSP, C_MOVE_RSP, C_STORE_RQ, C_STOR
 from pynetdicom.dimse_primitives import C_FIND, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
-from niffler.common.reactor import SUPPORTED, _command_values, command_to_primitive, encode_store_response
+from niffler.common.reactor import (
+    SUPPORTED,
+    StoreRequest,
+    _command_values,
+    _Incoming,
+    command_to_primitive,
+    encode_store_response,
+)
 
 
 @pytest.mark.parametrize(
@@ -115,3 +122,62 @@ def test_command_read_from_bytes_equals_pynetdicom_conversion(primitive: Any, me
     assert _public(ours) == _public(theirs)
     assert ours._context_id == theirs._context_id == 1
     assert _public(ours)["MessageID" if message_class is C_STORE_RQ else "Status"] is not None
+
+
+def _pdvs(primitive: Any, message_class: Any, max_pdu: int = 16384) -> list[tuple[int, bytes]]:
+    """The PDVs pynetdicom sends for *primitive*, fragments included."""
+    message = message_class()
+    message.primitive_to_message(primitive)
+    return [pdv for p in message.encode_msg(1, max_pdu) for pdv in p.presentation_data_value_list]
+
+
+def _read(incoming: _Incoming, pdvs: list[tuple[int, bytes]], fast: bool = True) -> list[Any]:
+    return [item for context_id, data in pdvs for item in incoming.feed(context_id, data, None, fast)]
+
+
+_MESSAGES = [
+    (_store_request(), C_STORE_RQ),
+    (_store_request("ORTHANC"), C_STORE_RQ),
+    (_move_response(0xFF00), C_MOVE_RSP),
+    (_move_response(0x0000), C_MOVE_RSP),
+    (_move_response(0xB000, identifier=True), C_MOVE_RSP),
+    (_move_response(0xC000, comment="no such study"), C_MOVE_RSP),
+    (_find_response(), C_FIND_RSP),
+]
+
+
+@pytest.mark.parametrize("max_pdu", [16384, 20], ids=["whole", "fragmented"])
+@pytest.mark.parametrize(("primitive", "message_class"), _MESSAGES)
+def test_messages_assembled_from_pdvs_equal_pynetdicom_conversion(
+    primitive: Any, message_class: Any, max_pdu: int
+) -> None:
+    items = _read(_Incoming(), _pdvs(primitive, message_class, max_pdu))
+    assert len(items) == 1
+    ours = items[0]
+    # An error comment is not read from bytes: the message goes to pynetdicom whole.
+    assert isinstance(ours, DIMSEMessage) == bool(getattr(primitive, "ErrorComment", None))
+    if isinstance(ours, DIMSEMessage):
+        ours = command_to_primitive(ours)
+    theirs = _decoded(primitive, message_class).message_to_primitive()
+    assert type(ours) is type(theirs)
+    assert _public(ours) == _public(theirs)
+    assert ours._context_id == 1
+
+
+def test_a_store_request_with_a_handler_is_read_whole_and_unconverted() -> None:
+    incoming = _Incoming()
+    incoming.store = lambda assoc, request: 0
+    request = _store_request("ORTHANC")
+    request.DataSet = BytesIO(bytes(range(256)) * 3)
+    first, second = (_read(incoming, _pdvs(request, C_STORE_RQ, 100)) for _ in range(2))
+    assert first == second == [
+        StoreRequest(1, 7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5678", bytes(range(256)) * 3)
+    ]
+    # A response on the same association is still a primitive.
+    (response,) = _read(incoming, _pdvs(_move_response(0x0000), C_MOVE_RSP))
+    assert isinstance(response, C_MOVE) and response.NumberOfCompletedSuboperations == 1
+
+
+def test_when_something_listens_for_received_messages_pynetdicom_decodes_them() -> None:
+    (item,) = _read(_Incoming(), _pdvs(_move_response(0xFF00), C_MOVE_RSP), fast=False)
+    assert isinstance(item, DIMSEMessage) and item.command_set.Status == 0xFF00
