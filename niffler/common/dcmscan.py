@@ -20,17 +20,26 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable
 
+from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-__all__ = ["decode_uid", "scan_elements"]
+__all__ = ["decode_uid", "plain_values", "scan_elements", "scan_raw"]
 
 #: Explicit VRs whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
 _LONG_VRS = frozenset(
     vr.encode("ascii")
     for vr in ["OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"]
 )
+#: The other VRs of PS3.5 6.2, with a 2-byte length. Anything else is not a VR this walker knows.
+_SHORT_VRS = frozenset(
+    vr.encode("ascii")
+    for vr in [
+        "AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO", "LT", "PN", "SH", "SL", "SS",
+        "ST", "TM", "UI", "UL", "US",
+    ]
+)  # fmt: skip
 _UNDEFINED = 0xFFFFFFFF
 _ITEM = 0xFFFEE000
 _ITEM_END = 0xFFFEE00D
@@ -95,38 +104,127 @@ def _skip_item(data: bytes | memoryview, pos: int, implicit: bool, depth: int) -
             pos += length
 
 
+def scan_raw(
+    data: bytes | memoryview, implicit: bool, wanted: frozenset[int]
+) -> dict[int, tuple[str | None, bytes]] | None:
+    """Return {tag: (VR or None, value bytes)} of the wanted top-level tags in *data*, or None when unsure.
+
+    The walk of :func:`scan_elements`, written out in one loop: it runs for
+    every received instance, over every element up to the last wanted tag.
+    """
+    if not wanted:
+        return {}
+    if implicit and _looks_like_vr(bytes(data[4:6])):
+        return None  # explicit VR sent as implicit: pydicom detects and handles that
+    last = max(wanted)
+    found: dict[int, tuple[str | None, bytes]] = {}
+    end = len(data)
+    pos = 0
+    header, short, long = _header.unpack_from, _short.unpack_from, _long.unpack_from
+    try:
+        while True:
+            if pos + 8 > end:
+                return None
+            vr: str | None = None
+            if implicit:
+                group, elem, length = header(data, pos)
+                start = pos + 8
+            else:
+                group, elem, raw_vr, length = short(data, pos)
+                start = pos + 8
+                if group == 0xFFFE:  # item and delimiters carry no VR
+                    length = header(data, pos)[2]
+                elif raw_vr in _LONG_VRS:
+                    start = pos + 12
+                    if start > end:
+                        return None
+                    length = long(data, pos)[3]
+                    vr = raw_vr.decode("ascii")
+                elif raw_vr in _SHORT_VRS:
+                    vr = raw_vr.decode("ascii")
+                else:
+                    return None
+            tag = group << 16 | elem
+            if tag > last:
+                return found
+            if length == _UNDEFINED:
+                if tag in wanted:
+                    return None
+                # A sequence sent as UN keeps its implicit VR encoding inside (PS3.5 6.2.2).
+                pos = _skip_sequence(data, start, implicit or vr == "UN", 0)
+                continue
+            pos = start + length
+            if pos > end:
+                return None
+            if tag in wanted:
+                found[tag] = (vr, bytes(data[start:pos]))
+    except (_Unsure, struct.error):
+        return None
+
+
 def scan_elements(data: bytes | memoryview, implicit: bool, tags: Iterable[int]) -> Dataset | None:
     """Return a dataset of the wanted top-level *tags* found in *data*, or None when unsure.
 
     *data* is an encoded little endian dataset (no file meta). Tags that
     are absent are simply not in the result, as with ``read_dataset``.
     """
-    wanted = frozenset(int(t) for t in tags)
-    if not wanted:
-        return Dataset()
-    if implicit and _looks_like_vr(bytes(data[4:6])):
-        return None  # explicit VR sent as implicit: pydicom detects and handles that
-    last = max(wanted)
-    found: dict[int, RawDataElement] = {}
-    pos = 0
+    found = scan_raw(data, implicit, frozenset(int(t) for t in tags))
+    if found is None:
+        return None
+    return Dataset(
+        {
+            Tag(tag): RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, True, True, False)
+            for tag, (vr, value) in found.items()
+        }
+    )
+
+
+#: SpecificCharacterSet values whose text decodes with one Python codec, as pydicom maps them.
+_SIMPLE_CHARSETS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1", "ISO_IR 192": "UTF8"}
+_SPECIFIC_CHARACTER_SET = 0x00080005
+#: VRs pydicom reads as plain strings with the default encoding (convert_string, convert_UI).
+_DEFAULT_ENCODED_VRS = frozenset({"AE", "AS", "CS", "UI"})
+#: VRs pydicom reads as text in the dataset's character set (convert_text).
+_TEXT_VRS = frozenset({"LO", "SH"})
+
+
+def plain_values(found: dict[int, tuple[str | None, bytes]], implicit: bool) -> dict[int, str] | None:
+    """Return {tag: value} of scanned elements as pydicom reads them, or None if one needs pydicom.
+
+    Only single-valued strings are read here: UIDs, code strings and, in a
+    single-byte or UTF-8 character set without escape sequences, short and
+    long strings (such as PatientID). Anything else, or an implicit VR
+    element whose VR the dictionary gives otherwise, is pydicom's.
+    """
+    values: dict[int, str] = {}
+    encoding = "iso8859"
+    charset = found.get(_SPECIFIC_CHARACTER_SET)
+    if charset is not None:
+        name = charset[1].decode("iso8859").rstrip(" \0")
+        if name not in _SIMPLE_CHARSETS:
+            return None
+        encoding = _SIMPLE_CHARSETS[name]
+    for tag, (vr, raw) in found.items():
+        if vr is None:
+            vr = _dictionary_vr(tag)
+        if b"\\" in raw:
+            return None
+        if vr in _DEFAULT_ENCODED_VRS:
+            values[tag] = raw.decode("iso8859").rstrip(" \0")
+        elif vr in _TEXT_VRS and b"\x1b" not in raw:
+            try:
+                values[tag] = raw.decode(encoding).rstrip("\0 ")
+            except UnicodeError:
+                return None
+        else:
+            return None
+    return values
+
+
+def _dictionary_vr(tag: int) -> str | None:
     try:
-        while True:
-            tag, vr, length, start = _element(data, pos, implicit)
-            if tag > last:
-                return Dataset({Tag(t): raw for t, raw in found.items()})
-            if length == _UNDEFINED:
-                if tag in wanted:
-                    raise _Unsure
-                # A sequence sent as UN keeps its implicit VR encoding inside (PS3.5 6.2.2).
-                pos = _skip_sequence(data, start, implicit or vr == "UN", 0)
-                continue
-            pos = start + length
-            if pos > len(data):
-                raise _Unsure
-            if tag in wanted:
-                value = bytes(data[start:pos])
-                found[tag] = RawDataElement(Tag(tag), vr, length, value, start, implicit, True, True, False)
-    except (_Unsure, struct.error):
+        return dictionary_VR(tag)
+    except KeyError:
         return None
 
 

@@ -47,7 +47,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, Presentation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from niffler.common.dcmscan import decode_uid, scan_elements
+from niffler.common.dcmscan import decode_uid, plain_values, scan_elements, scan_raw
 from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.common.reactor import (
@@ -348,6 +348,23 @@ def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[B
     return parse(raw)
 
 
+def _header(
+    raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[BaseTag], wanted: frozenset[int]
+) -> dict[int, Any]:
+    """Return {tag: value} of the wanted *tags* of an encoded dataset, as pydicom would read them.
+
+    The usual case (little endian, the tags single-valued strings in a
+    simple character set) is read by dcmscan alone; anything else by pydicom.
+    """
+    if transfer_syntax.is_little_endian and transfer_syntax != DeflatedExplicitVRLittleEndian:
+        found = scan_raw(raw, transfer_syntax.is_implicit_VR, wanted)
+        if found is not None:
+            values = plain_values(found, transfer_syntax.is_implicit_VR)
+            if values is not None:
+                return values
+    return _header_values(_read_header(raw, transfer_syntax, tags))
+
+
 def _header_values(header: Dataset) -> dict[int, Any]:
     """Return {tag: value} of a parsed header, UIDs decoded directly and the rest by pydicom.
 
@@ -418,6 +435,7 @@ class InstanceWriter:
         self.incoming = self.storage_folder / INCOMING_DIR
         self.fsync = fsync
         self._tags = sorted(set(_HANDOFF_TAGS) | set(self.template.tags))
+        self._wanted = frozenset(int(tag) for tag in self._tags)
 
     def prepare(self) -> None:
         """Create the folders and drop temp files of writes a crash interrupted.
@@ -446,7 +464,7 @@ class InstanceWriter:
         """
         ts = UID(transfer_syntax)
         try:
-            header = _header_values(_read_header(raw, ts, self._tags))
+            header = _header(raw, ts, self._tags, self._wanted)
             missing = [keyword for tag, keyword in _REQUIRED_UIDS.items() if not header.get(tag)]
         except Exception as exc:
             raise InputError(f"received dataset cannot be parsed: {type(exc).__name__}") from exc

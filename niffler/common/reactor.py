@@ -102,9 +102,13 @@ class _WakingQueue(queue.Queue[Any]):
     def __init__(self, wake: socket.socket) -> None:
         super().__init__()
         self._wake = wake
+        #: The DUL thread's ident once it runs: its own puts need no wake-up.
+        self.owner: int | None = None
 
     def put(self, item: Any, block: bool = True, timeout: float | None = None) -> None:
         super().put(item, block, timeout)
+        if threading.get_ident() == self.owner:
+            return  # the loop looks at the queue before it next waits
         # Full: a wake-up is pending anyway. Closed: the reactor has ended.
         with contextlib.suppress(OSError):
             self._wake.send(b"\0")
@@ -423,10 +427,16 @@ def _receive_primitive(self: DIMSEServiceProvider, primitive: P_DATA) -> None:
     fast = not _pynetdicom_config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(
         evt.EVT_DIMSE_RECV
     )
+    assoc = self.assoc
     for context_id, data in primitive.presentation_data_value_list:
-        for item in incoming.feed(context_id, data, self.assoc, fast):
+        for item in incoming.feed(context_id, data, assoc, fast):
             if isinstance(item, DIMSEMessage):
                 self._deliver_message(item)  # type: ignore[attr-defined]
+            elif isinstance(item, StoreRequest) and _serves_here(assoc, item):
+                # The acceptor's C-STORE, served on this (the DUL) thread: the
+                # sender waits for the response anyway, and handing each request
+                # to the association's thread cost two thread switches.
+                serve_store(assoc, item)
             else:
                 self.msg_queue.put(
                     (item.context_id if isinstance(item, StoreRequest) else item._context_id, item)
@@ -450,6 +460,11 @@ def _deliver_message(self: DIMSEServiceProvider, message: DIMSEMessage) -> None:
         threading.Thread(target=self.assoc._serve_request, args=(d_primitive, context_id)).start()
     else:
         self.msg_queue.put((context_id, d_primitive))
+
+
+def _serves_here(assoc: Association, request: StoreRequest) -> bool:
+    """Whether the DUL thread may serve *request* itself: not one it would have to abort for."""
+    return assoc.is_acceptor and not assoc._sent_release and request.context_id in assoc._accepted_cx
 
 
 def serve_store(assoc: Association, request: StoreRequest) -> None:
@@ -652,6 +667,7 @@ def _wait(dul: DULServiceProvider, listen: socket.socket) -> None:
 
 def _run_dul(dul: DULServiceProvider, listen: socket.socket, wake: socket.socket) -> None:
     """The DUL reactor: one outgoing primitive or one incoming PDU, then one state-machine event."""
+    cast(_WakingQueue, dul.to_provider_queue).owner = threading.get_ident()
     dul._idle_timer.start()
     idle = False
     try:

@@ -12,7 +12,7 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from niffler.common.dcmscan import scan_elements
+from niffler.common.dcmscan import plain_values, scan_elements, scan_raw
 from niffler.testing.corpus import CorpusSpec, generate_corpus
 
 WANTED = [Tag(t) for t in (
@@ -63,6 +63,57 @@ def test_agrees_with_pydicom_on_every_little_endian_test_file(
         assert got == expected, path.name
     assert checked > 50 and answered > 0.8 * checked, (answered, checked)
     print(f"answered {answered} of {checked}")
+
+
+#: What the Storage SCP reads of every instance with the default FilePath, plus a code string.
+HANDOFF = frozenset({0x00080005, 0x00080016, 0x00080018, 0x00080060, 0x00100020, 0x0020000D, 0x0020000E})
+
+
+def test_plain_values_equal_pydicom_values_whenever_given(tmp_path_factory: pytest.TempPathFactory) -> None:
+    answered = checked = 0
+    for path in little_endian_files(tmp_path_factory):
+        try:
+            data, ts = dataset_bytes(path)
+            if not ts.is_little_endian or ts.is_deflated:
+                continue
+            ds = read_dataset(BytesIO(data), ts.is_implicit_VR, True, specific_tags=[Tag(t) for t in HANDOFF])
+            expected = {t: ds[t].value for t in HANDOFF if Tag(t) in ds}
+        except Exception:  # files pydicom itself cannot read are not a comparison
+            continue
+        found = scan_raw(data, ts.is_implicit_VR, HANDOFF)
+        if found is None:
+            continue
+        checked += 1
+        values = plain_values(found, ts.is_implicit_VR)
+        if values is None:
+            continue
+        answered += 1
+        assert values == expected, path.name
+        assert all(type(v) is str for v in values.values())
+    assert checked > 50 and answered > 0.7 * checked, (answered, checked)
+
+
+@pytest.mark.parametrize(
+    ("charset", "patient_id", "expected"),
+    [
+        (b"ISO_IR 192", "Zoë 007 ".encode(), "Zoë 007"),
+        (b"ISO_IR 100", "Zoë".encode("latin-1") + b" ", "Zoë"),
+        (None, b"  007\0", "  007"),
+        (b"ISO_IR 192", b"\xff\xfe", None),  # not UTF-8: pydicom's replacement rules
+        (b"ISO 2022 IR 87", b"007 ", None),  # escape-sequence character sets: pydicom's
+        (b"ISO_IR 192", b"A\\B", None),  # two values: pydicom's MultiValue
+    ],
+)
+def test_plain_values_of_a_patient_id(charset: bytes | None, patient_id: bytes, expected: str | None) -> None:
+    found: dict[int, tuple[str | None, bytes]] = {0x00100020: ("LO", patient_id)}
+    if charset is not None:
+        found[0x00080005] = ("CS", charset)
+    values = plain_values(found, implicit=False)
+    assert (values and values[0x00100020]) == expected
+    if expected is not None:
+        elements = {Tag(t): pydicom.dataelem.RawDataElement(Tag(t), vr, len(v), v, 0, False, True)
+                    for t, (vr, v) in found.items()}  # fmt: skip
+        assert pydicom.Dataset(elements).PatientID == expected
 
 
 def test_the_generated_corpus_is_always_answered(tmp_path: Path) -> None:

@@ -170,9 +170,11 @@ def test_a_store_request_with_a_handler_is_read_whole_and_unconverted() -> None:
     request = _store_request("ORTHANC")
     request.DataSet = BytesIO(bytes(range(256)) * 3)
     first, second = (_read(incoming, _pdvs(request, C_STORE_RQ, 100)) for _ in range(2))
-    assert first == second == [
-        StoreRequest(1, 7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5678", bytes(range(256)) * 3)
-    ]
+    assert (
+        first
+        == second
+        == [StoreRequest(1, 7, "1.2.840.10008.5.1.4.1.1.2", "1.2.3.4.5678", bytes(range(256)) * 3)]
+    )
     # A response on the same association is still a primitive.
     (response,) = _read(incoming, _pdvs(_move_response(0x0000), C_MOVE_RSP))
     assert isinstance(response, C_MOVE) and response.NumberOfCompletedSuboperations == 1
