@@ -6,7 +6,7 @@ AccessionNumber CSV, alternating, several times, in the same run:
 
 - ``niffler-cold`` (a subprocess, as a user runs it): C-FIND then C-MOVE
   per row to its own Storage SCP, associations reused, MaxNifflerProcesses
-  workers (1 and 4 by default);
+  workers (1, 2 and 4 by default);
 - the baseline, as upstream worked: for each row, one DCMTK ``findscu``
   process to resolve the study, then one ``movescu`` process to move it
   to a DCMTK ``storescp``. ``TCP_NODELAY=1`` for the DCMTK tools, or
@@ -15,7 +15,7 @@ AccessionNumber CSV, alternating, several times, in the same run:
 Prints the median rows/s and instances/s of each, the ratio (goal >= 3x),
 and checks that both retrieved the same SOP instances.
 
-    .venv/bin/python bench/cold_throughput.py --studies 200 --images 10 --repeats 3
+    .venv/bin/python bench/cold_throughput.py --studies 200 --images 10 --repeats 5
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
     )
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--images", type=int, default=10, help="instances per study")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 4], help="MaxNifflerProcesses to try")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="MaxNifflerProcesses to try")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
