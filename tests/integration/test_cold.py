@@ -25,6 +25,7 @@ from niffler.cold_extraction.retrieve import RESOLVE_KEYS, PacsSession
 from niffler.cold_extraction.run import LEDGER_NAME
 from niffler.common.dicomnet import AEAddress
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus, make_instance
+from niffler.testing.dicomfiles import dataset_bytes
 from niffler.testing.peers import DcmtkStoreSCP, OrthancPACS, free_port
 
 LOOPBACK = "127.0.0.1"
@@ -225,6 +226,14 @@ def test_c_get_retrieves_the_same_instances_without_an_inbound_port(pacs: Pacs, 
     result, storage = run_cold(pacs, tmp_path, "StudyMonth\n202003\n", "--mode", "get")
     assert result.exit_code == 0, result.output
     assert retrieved(storage) == sops(pacs, lambda i: i.study_date[:6] == "202003")
+    # Each file is stored byte for byte, and its File Meta names the PACS that sent it.
+    by_sop = {i.sop_uid: i for i in pacs.manifest}
+    files = [p for p in storage.rglob("*.dcm") if not p.name.startswith(".")]
+    assert files
+    for path in files:
+        stored = dcmread(path)
+        assert stored.file_meta.SourceApplicationEntityTitle == "ORTHANC"
+        assert dataset_bytes(path) == dataset_bytes(by_sop[stored.SOPInstanceUID].path)
 
 
 def test_external_destination_is_verified_by_the_pacs_counts(pacs: Pacs, tmp_path: Path) -> None:
