@@ -80,7 +80,7 @@ def main() -> None:
     )
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--images", type=int, default=10, help="instances per study")
-    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="MaxNifflerProcesses to try")
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()

@@ -57,7 +57,8 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
 
     Re-running the same command resumes: rows already retrieved are skipped.
     Writes retrieval-report.csv into the storage folder. Exits 0 when every
-    row was served, 2 when some rows failed or were invalid, 1 on errors,
+    row was served, 2 when some rows failed or were invalid, 1 on errors
+    (a full storage disk among them: unfinished rows stay pending),
     130 when interrupted. `niffler-cold echo` tests the connection.
     """
     setup_logging(verbose, quiet)
@@ -87,6 +88,8 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
     click.echo(f"report: {summary.report}", err=True)
     if summary.interrupted:
         sys.exit(130)
+    if summary.disk_full:
+        sys.exit(1)
     if not summary.ok:
         sys.exit(EXIT_ROWS_FAILED)
 

@@ -19,6 +19,7 @@ Nothing here logs identifiers: messages name statuses and counts.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import threading
 import time
@@ -171,6 +172,9 @@ class Receipts:
     that resolve to the same study so each move is counted on its own, and
     forgets the count when no worker holds the study any more. An instance
     the PACS sends twice counts once.
+
+    It also hears of writes the disk refused (:meth:`on_failed`): when the
+    disk is full, :attr:`disk_full` is set so the run stops asking for more.
     """
 
     def __init__(self) -> None:
@@ -180,6 +184,17 @@ class Receipts:
         self._study_locks: dict[str, tuple[threading.Lock, int]] = {}
         self.instances = 0
         self.bytes = 0
+        self.write_failures = 0
+        #: The operating system's reason for the last refused write (no identifiers).
+        self.last_failure = ""
+        self.disk_full = threading.Event()
+
+    def on_failed(self, error: OSError) -> None:
+        with self._lock:
+            self.write_failures += 1
+            self.last_failure = error.strerror or type(error).__name__
+        if error.errno in (errno.ENOSPC, errno.EDQUOT):
+            self.disk_full.set()
 
     def on_stored(self, stored: StoredInstance) -> None:
         with self._lock:
@@ -308,14 +323,18 @@ class PacsSession:
             except AssociationError as exc:
                 raise RetrievalFailed(str(exc)) from None
             if self.mode == "get" and self.writer is not None:
-                on_stored = self.receipts.on_stored if self.receipts is not None else None
-                set_store_handler(self._assoc, self.writer.store_handler(on_stored))
+                set_store_handler(self._assoc, self.writer.store_handler(*self._store_hooks()))
             return self._assoc
+
+    def _store_hooks(self) -> tuple[Any, None, Any]:
+        """(on_stored, admit, on_failed) for the C-GET's stores."""
+        if self.receipts is None:
+            return None, None, None
+        return self.receipts.on_stored, None, self.receipts.on_failed
 
     def _on_c_store(self, event: evt.Event) -> int:
         assert self.writer is not None
-        on_stored = self.receipts.on_stored if self.receipts is not None else None
-        return self.writer.handle_c_store(event, on_stored)
+        return self.writer.handle_c_store(event, *self._store_hooks())
 
     def drop(self) -> None:
         """Abort the association (after a failure, or to interrupt a transfer in flight)."""

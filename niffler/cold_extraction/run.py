@@ -102,10 +102,12 @@ class Summary:
     bytes: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    #: The run stopped because the storage folder's disk was full.
+    disk_full: bool = False
 
     @property
     def ok(self) -> bool:
-        return not (self.failed or self.invalid or self.interrupted)
+        return not (self.failed or self.invalid or self.interrupted or self.disk_full)
 
     def _in_transfers(self) -> str:
         if self.mode.startswith("cfind"):
@@ -118,7 +120,8 @@ class Summary:
         return (
             f"{self.rows} row(s): {self.retrieved} {what}, {self.failed} failed, {self.invalid} invalid, "
             f"{self.duplicates} duplicate, {self.done_before} done earlier"
-            f"{' (interrupted)' if self.interrupted else ''}; {self.studies} stud(ies)"
+            f"{' (interrupted)' if self.interrupted else ''}"
+            f"{' (stopped: the storage disk is full)' if self.disk_full else ''}; {self.studies} stud(ies)"
             f"{self._in_transfers()}, {self.instances} instance(s), "
             f"{self.bytes / 1e6:.1f} MB in {self.seconds:.1f} s "
             f"({rate:.1f} MB/s)"
@@ -226,6 +229,7 @@ class ColdRun:
             port=self.query_aet.port,
             file_path=self.config.FilePath,
             on_stored=self.receipts.on_stored,
+            on_failed=self.receipts.on_failed,
         ).start()
 
     # -- the run ----------------------------------------------------------
@@ -483,6 +487,7 @@ class ColdRun:
             if count == todo[uid][1]:
                 self.ledger.mark_done(STUDIES, uid, {"expected": count, "received": count})
                 whole[uid] = count
+        self._stop_if_disk_full()
         if problem:
             log.info("a %s of %d studies: %s; %d arrived whole, the rest go one by one",
                      session.verb, len(uids), problem, len(whole))  # fmt: skip
@@ -507,6 +512,7 @@ class ColdRun:
             else:
                 with session.receipts.exclusive(study_uid):
                     transfer = session.transfer(study_uid)
+            self._stop_if_disk_full()
             problem = verify_transfer(transfer, expected, session.verb)
             if problem:
                 raise RetrievalFailed(problem)
@@ -519,6 +525,26 @@ class ColdRun:
             raise
         self.ledger.mark_done(STUDIES, study_uid, {"expected": expected, "received": received})
         return received
+
+    def _stop_if_disk_full(self) -> None:
+        """Stop the run, leaving unfinished rows pending, once the storage disk refused a write as full.
+
+        Retrying would only fill the log: every further instance is refused
+        too. A rerun of the same command after space is freed carries on.
+        """
+        if not self.receipts.disk_full.is_set():
+            return
+        with self._summary_lock:
+            first = not self.summary.disk_full
+            self.summary.disk_full = True
+        if first:
+            log.error(
+                "the disk of %s is full (%s): stopping; rows not finished stay pending. "
+                "Free space and run the same command again.",
+                self.storage, self.receipts.last_failure,
+            )  # fmt: skip
+        self.stop.set()
+        raise _Stopped
 
     def _attempt(self, line: int, call: Callable[[], T]) -> T:
         """Run *call*, retrying a RetrievalFailed with doubling delays; raise _Stopped on stop."""

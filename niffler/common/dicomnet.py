@@ -512,6 +512,7 @@ class InstanceWriter:
         event: evt.Event,
         on_stored: Callable[[StoredInstance], None] | None = None,
         admit: Callable[[], int] | None = None,
+        on_failed: Callable[[OSError], None] | None = None,
     ) -> int:
         """Return the C-STORE status for an EVT_C_STORE *event* after storing it; never raises."""
         request = cast(C_STORE, event.request)
@@ -523,6 +524,7 @@ class InstanceWriter:
             _peer_title(event.assoc),
             on_stored,
             admit,
+            on_failed,
         )
 
     def store(
@@ -534,8 +536,13 @@ class InstanceWriter:
         calling: str,
         on_stored: Callable[[StoredInstance], None] | None = None,
         admit: Callable[[], int] | None = None,
+        on_failed: Callable[[OSError], None] | None = None,
     ) -> int:
-        """Store one received dataset and hand it on; return the C-STORE status. Never raises."""
+        """Store one received dataset and hand it on; return the C-STORE status. Never raises.
+
+        *on_failed* hears of each write the disk refused (full, read-only...),
+        so a caller can stop asking for more.
+        """
         if admit is not None:
             refusal = admit()
             if refusal:
@@ -544,6 +551,9 @@ class InstanceWriter:
             stored = self.write(raw, transfer_syntax, sop_class_uid, sop_uid, calling)
         except OSError as exc:
             log.error("cannot write a received instance from %s: %s", calling, exc.strerror or exc)
+            if on_failed is not None:
+                with contextlib.suppress(Exception):
+                    on_failed(exc)
             return STATUS_OUT_OF_RESOURCES
         except InputError as exc:
             log.error("refused an instance from %s: %s", calling, exc)
@@ -563,6 +573,7 @@ class InstanceWriter:
         self,
         on_stored: Callable[[StoredInstance], None] | None = None,
         admit: Callable[[], int] | None = None,
+        on_failed: Callable[[OSError], None] | None = None,
     ) -> StoreHandler:
         """Return a handler for :func:`~niffler.common.reactor.set_store_handler` that stores here."""
 
@@ -576,6 +587,7 @@ class InstanceWriter:
                 _peer_title(assoc),
                 on_stored,
                 admit,
+                on_failed,
             )
 
         return serve
@@ -622,6 +634,8 @@ class StorageSCP:
     admit
         Called before each store; a non-zero return is sent as the status
         instead of storing (e.g. 0xA700 when the disk passes a watermark).
+    on_failed
+        Called with the OSError of each write the disk refused (answered 0xA700).
     """
 
     def __init__(
@@ -635,6 +649,7 @@ class StorageSCP:
         on_stored: Callable[[StoredInstance], None] | None = None,
         allowed_calling_aets: Sequence[str] | None = None,
         admit: Callable[[], int] | None = None,
+        on_failed: Callable[[OSError], None] | None = None,
         maximum_pdu_size: int = DEFAULT_MAX_PDU,
         maximum_associations: int = 16,
         fsync: bool = False,
@@ -645,6 +660,7 @@ class StorageSCP:
         self.writer = InstanceWriter(storage_folder, file_path, fsync=fsync)
         self.on_stored = on_stored
         self.admit = admit
+        self.on_failed = on_failed
         self.allowed_calling_aets = (
             [validate_ae_title(t, "allowed calling AE title") for t in allowed_calling_aets]
             if allowed_calling_aets
@@ -693,7 +709,7 @@ class StorageSCP:
         return contexts
 
     def _on_c_store(self, event: evt.Event) -> int:
-        return self.writer.handle_c_store(event, self.on_stored, self.admit)
+        return self.writer.handle_c_store(event, self.on_stored, self.admit, self.on_failed)
 
     def start(self) -> StorageSCP:
         """Start listening in background threads and return self."""
@@ -702,7 +718,7 @@ class StorageSCP:
                 return self
             self.writer.prepare()
             ae = self._build_ae()
-            store = self.writer.store_handler(self.on_stored, self.admit)
+            store = self.writer.store_handler(self.on_stored, self.admit, self.on_failed)
             try:
                 server = ae.make_server(
                     (self.host, self._requested_port),

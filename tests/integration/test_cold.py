@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from pydicom import dcmread
 from niffler.cold_extraction.cli import main
 from niffler.cold_extraction.retrieve import RESOLVE_KEYS, PacsSession
 from niffler.cold_extraction.run import LEDGER_NAME
-from niffler.common.dicomnet import AEAddress
+from niffler.common.dicomnet import AEAddress, InstanceWriter
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus, make_instance
 from niffler.testing.dicomfiles import dataset_bytes
 from niffler.testing.peers import DcmtkStoreSCP, OrthancPACS, free_port
@@ -330,6 +331,43 @@ def test_a_broken_study_is_retried_then_failed_while_other_rows_succeed_and_a_re
     assert result.exit_code == 2, result.output
     assert "1 done earlier" in result.output
     assert {p: p.stat().st_ino for p in storage.rglob("*.dcm")} == inodes
+
+
+@pytest.mark.parametrize("mode", ["move", "get"])
+def test_a_full_disk_stops_the_run_with_rows_pending_and_a_rerun_completes(
+    pacs: Pacs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """After a few files the disk is full: no retry storm, nothing marked done that is not on disk."""
+    table = "PatientID\n000001\n000002\n000003\n"
+    want = sops(pacs, lambda i: i.patient_id in ("000001", "000002", "000003"))
+    real_write = InstanceWriter.write
+    calls = {"written": 0, "refused": 0}
+
+    def write_until_full(self: InstanceWriter, *args: Any, **kwargs: Any) -> Any:
+        if calls["written"] >= 5:
+            calls["refused"] += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+        calls["written"] += 1
+        return real_write(self, *args, **kwargs)
+
+    monkeypatch.setattr(InstanceWriter, "write", write_until_full)
+    result, storage = run_cold(pacs, tmp_path, table, "--mode", mode)
+    assert result.exit_code == 1, result.output
+    assert "stopped: the storage disk is full" in result.output
+    assert "Free space and run the same command again" in result.output
+    assert 0 < calls["refused"] <= len(want) - 5  # one transfer's worth, not retried
+    assert retrieved(storage) <= want and len(retrieved(storage)) == 5
+    rows = report(storage)
+    assert "failed" not in {r["status"] for r in rows}  # pending, to be served by the rerun
+    assert "done" not in {r["status"] for r in rows} or all(
+        int(r["instances_received"]) == int(r["instances_expected"]) for r in rows if r["status"] == "done"
+    )
+
+    monkeypatch.setattr(InstanceWriter, "write", real_write)
+    result, storage = run_cold(pacs, tmp_path, table, "--mode", mode)
+    assert result.exit_code == 0, result.output
+    assert retrieved(storage) == want
+    assert [r["status"] for r in report(storage)] == ["done"] * 3
 
 
 def test_a_stopped_pacs_fails_the_rows_and_a_rerun_after_it_returns_fetches_them(
