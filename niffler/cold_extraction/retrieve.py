@@ -184,14 +184,12 @@ class Receipts:
         self._study_locks: dict[str, tuple[threading.Lock, int]] = {}
         self.instances = 0
         self.bytes = 0
-        self.write_failures = 0
         #: The operating system's reason for the last refused write (no identifiers).
         self.last_failure = ""
         self.disk_full = threading.Event()
 
     def on_failed(self, error: OSError) -> None:
         with self._lock:
-            self.write_failures += 1
             self.last_failure = error.strerror or type(error).__name__
         if error.errno in (errno.ENOSPC, errno.EDQUOT):
             self.disk_full.set()

@@ -182,8 +182,9 @@ def scan_elements(data: bytes | memoryview, implicit: bool, tags: Iterable[int])
 #: SpecificCharacterSet values whose text decodes with one Python codec, as pydicom maps them.
 _SIMPLE_CHARSETS = {"": "iso8859", "ISO_IR 6": "iso8859", "ISO_IR 100": "latin_1", "ISO_IR 192": "UTF8"}
 _SPECIFIC_CHARACTER_SET = 0x00080005
-#: VRs pydicom reads as plain strings with the default encoding (convert_string, convert_UI).
-_DEFAULT_ENCODED_VRS = frozenset({"AE", "AS", "CS", "UI"})
+#: VRs pydicom reads as plain strings with the default encoding, trailing padding dropped
+#: (convert_string, convert_UI). Not AE: pydicom drops its leading spaces too.
+_DEFAULT_ENCODED_VRS = frozenset({"AS", "CS", "UI"})
 #: VRs pydicom reads as text in the dataset's character set (convert_text).
 _TEXT_VRS = frozenset({"LO", "SH"})
 
