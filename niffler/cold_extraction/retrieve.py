@@ -48,7 +48,7 @@ from niffler.common.dicomnet import (
     open_association,
 )
 from niffler.common.errors import AssociationError
-from niffler.common.reactor import RetrieveResponse, send_retrieve, set_store_handler
+from niffler.common.reactor import PENDING, RetrieveResponse, send_retrieve, set_store_handler
 
 __all__ = [
     "CFIND_DETAILED_KEYS",
@@ -83,7 +83,6 @@ CFIND_DETAILED_KEYS = (
 #: What a retrieval needs back from C-FIND to resolve a row to studies.
 RESOLVE_KEYS = ("PatientID", "StudyInstanceUID", "NumberOfStudyRelatedInstances")
 
-_PENDING = (0xFF00, 0xFF01)
 T = TypeVar("T")
 _STATUS_NAMES = {
     0x0000: "Success",
@@ -395,7 +394,7 @@ class PacsSession:
 
         matches: list[dict[str, str]] = []
         for code, identifier in self._responses(send, "C-FIND"):
-            if code in _PENDING:
+            if code in PENDING:
                 if identifier is not None:
                     matches.append({k: _text(identifier.get(k, "")) for k in return_keys})
             elif code != 0x0000:
@@ -427,7 +426,7 @@ class PacsSession:
 
         final: RetrieveResponse | None = None
         for code, response in self._responses(send, self.verb):
-            if code not in _PENDING:
+            if code not in PENDING:
                 final = response
         if final is None or final.status is None:
             raise RetrievalFailed(f"{self.verb}: the PACS sent no final response")

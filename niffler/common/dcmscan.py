@@ -25,7 +25,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-__all__ = ["decode_uid", "plain_values", "scan_elements", "scan_raw"]
+__all__ = ["decode_uid", "plain_values", "raw_dataset", "scan_elements", "scan_raw"]
 
 #: Explicit VRs whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
 _LONG_VRS = frozenset(
@@ -169,8 +169,11 @@ def scan_elements(data: bytes | memoryview, implicit: bool, tags: Iterable[int])
     are absent are simply not in the result, as with ``read_dataset``.
     """
     found = scan_raw(data, implicit, frozenset(int(t) for t in tags))
-    if found is None:
-        return None
+    return None if found is None else raw_dataset(found, implicit)
+
+
+def raw_dataset(found: dict[int, tuple[str | None, bytes]], implicit: bool) -> Dataset:
+    """Return what :func:`scan_raw` found as a dataset of raw elements, for pydicom to convert."""
     return Dataset(
         {
             Tag(tag): RawDataElement(Tag(tag), vr, len(value), value, 0, implicit, True, True, False)

@@ -47,7 +47,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, Presentation
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from niffler.common.dcmscan import decode_uid, plain_values, scan_elements, scan_raw
+from niffler.common.dcmscan import decode_uid, plain_values, raw_dataset, scan_raw
 from niffler.common.errors import AssociationError, ConfigError, InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.common.reactor import (
@@ -305,22 +305,16 @@ class StoredInstance:
 
 
 def _read_header(raw: bytes | memoryview, transfer_syntax: UID, tags: Sequence[BaseTag]) -> Dataset:
-    """Return a dataset holding only *tags*, parsed from the encoded *raw* bytes.
+    """Return a dataset holding only *tags*, parsed by pydicom from the encoded *raw* bytes.
 
-    Little endian datasets go through the fast walker in dcmscan.py first;
-    what it is unsure of, and the rest, pydicom reads.
-
-    The wanted tags sit in the first few kilobytes of any real header, so a
-    prefix is parsed first (copying a whole image into a BytesIO was a
-    measurable share of the receive time); only if parsing runs off the end of
+    For what dcmscan cannot walk (see :func:`_header`). The wanted tags sit
+    in the first few kilobytes of any real header, so a prefix is parsed
+    first (copying a whole image into a BytesIO was a measurable share of
+    the receive time); only if parsing runs off the end of
     the prefix before passing the last wanted tag is the whole dataset read.
     """
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         raw = zlib.decompressobj(-zlib.MAX_WBITS).decompress(bytes(raw), 1 << 20)
-    elif transfer_syntax.is_little_endian:
-        scanned = scan_elements(raw, transfer_syntax.is_implicit_VR, tags)
-        if scanned is not None:
-            return scanned
     last = max(tags)
     passed_last = False
 
@@ -354,14 +348,16 @@ def _header(
     """Return {tag: value} of the wanted *tags* of an encoded dataset, as pydicom would read them.
 
     The usual case (little endian, the tags single-valued strings in a
-    simple character set) is read by dcmscan alone; anything else by pydicom.
+    simple character set) is read by dcmscan alone. Elements dcmscan found
+    but cannot convert are converted by pydicom; a dataset it cannot walk is
+    read by pydicom (:func:`_read_header`).
     """
     if transfer_syntax.is_little_endian and transfer_syntax != DeflatedExplicitVRLittleEndian:
-        found = scan_raw(raw, transfer_syntax.is_implicit_VR, wanted)
+        implicit = transfer_syntax.is_implicit_VR
+        found = scan_raw(raw, implicit, wanted)
         if found is not None:
-            values = plain_values(found, transfer_syntax.is_implicit_VR)
-            if values is not None:
-                return values
+            values = plain_values(found, implicit)
+            return values if values is not None else _header_values(raw_dataset(found, implicit))
     return _header_values(_read_header(raw, transfer_syntax, tags))
 
 

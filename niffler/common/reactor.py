@@ -70,6 +70,7 @@ from pynetdicom.transport import AssociationSocket
 from niffler.common.dcmscan import decode_uid
 
 __all__ = [
+    "PENDING",
     "SUPPORTED",
     "RetrieveResponse",
     "StoreHandler",
@@ -169,7 +170,6 @@ def _swap_dul(assoc: Association, sock: Any) -> bool:
     assoc.dimse.send_msg = MethodType(_send_msg, assoc.dimse)  # type: ignore[method-assign]
     assoc.dimse.receive_primitive = MethodType(_receive_primitive, assoc.dimse)  # type: ignore[method-assign]
     assoc.dimse._niffler_incoming = _Incoming()  # type: ignore[attr-defined]
-    assoc.dimse._deliver_message = MethodType(_deliver_message, assoc.dimse)  # type: ignore[attr-defined]
     return True
 
 
@@ -431,7 +431,7 @@ def _receive_primitive(self: DIMSEServiceProvider, primitive: P_DATA) -> None:
     for context_id, data in primitive.presentation_data_value_list:
         for item in incoming.feed(context_id, data, assoc, fast):
             if isinstance(item, DIMSEMessage):
-                self._deliver_message(item)  # type: ignore[attr-defined]
+                _deliver_message(self, item)
             elif isinstance(item, StoreRequest) and _serves_here(assoc, item):
                 # The acceptor's C-STORE, served on this (the DUL) thread: the
                 # sender waits for the response anyway, and handing each request
@@ -485,12 +485,14 @@ def serve_store(assoc: Association, request: StoreRequest) -> None:
     if not assoc.is_established:
         return
     if _only_standard_logging(assoc):
-        command = encode_store_response(
-            request.message_id, status, request.sop_class_uid, request.sop_instance_uid
+        _send_store_response(
+            assoc.dul,
+            request.context_id,
+            request.message_id,
+            status,
+            request.sop_class_uid,
+            request.sop_instance_uid,
         )
-        pdata = P_DATA()
-        pdata.presentation_data_value_list.append((request.context_id, b"\x03" + command))
-        assoc.dul.send_pdu(pdata)
         return
     response = C_STORE()
     response.MessageIDBeingRespondedTo = request.message_id
@@ -511,7 +513,8 @@ class RetrieveResponse:
     warning: int | None = None
 
 
-_PENDING = (0xFF00, 0xFF01)
+#: The Pending statuses of C-FIND, C-MOVE and C-GET responses (PS3.4 C.4).
+PENDING = (0xFF00, 0xFF01)
 
 
 def send_retrieve(
@@ -579,7 +582,7 @@ def _retrieve_responses(assoc: Association) -> Iterator[RetrieveResponse]:
             response.NumberOfFailedSuboperations,
             response.NumberOfWarningSuboperations,
         )
-        if status in _PENDING:
+        if status in PENDING:
             yield counts
             continue
         assoc._reactor_checkpoint.set()
@@ -617,15 +620,24 @@ def _send_msg(self: DIMSEServiceProvider, primitive: Any, context_id: int) -> No
     if not plain:
         DIMSEServiceProvider.send_msg(self, primitive, context_id)
         return
-    command = encode_store_response(
+    _send_store_response(
+        self.dul,
+        context_id,
         int(primitive.MessageIDBeingRespondedTo),
         int(primitive.Status),
         str(primitive.AffectedSOPClassUID),
         str(primitive.AffectedSOPInstanceUID),
     )
+
+
+def _send_store_response(
+    dul: DULServiceProvider, context_id: int, message_id: int, status: int, sop_class: str, sop_instance: str
+) -> None:
+    """Send a C-STORE-RSP built by :func:`encode_store_response` as one P-DATA."""
+    command = encode_store_response(message_id, status, sop_class, sop_instance)
     pdata = P_DATA()
     pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # command, last fragment
-    self.dul.send_pdu(pdata)
+    dul.send_pdu(pdata)
 
 
 def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
