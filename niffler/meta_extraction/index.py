@@ -8,7 +8,9 @@ idempotent upserts derived from this index: after a crash anything not
 marked extracted is simply extracted again.
 
 Instance states: ``received`` (on disk, not yet extracted), ``extracted``,
-``failed`` (the header could not be read: kept, never purged) and
+``failed`` (the header could not be read or the engine refused it: the
+file is moved to ``.quarantine/<sop_key>.dcm`` under the storage folder,
+kept, never purged) and
 ``purged`` (file deleted; the row stays so counts survive a resend).
 
 The index holds paths under the storage folder, which (with the default
@@ -116,6 +118,14 @@ class InstanceIndex:
             self._db.executemany(
                 "UPDATE instances SET state=?, error=? WHERE sop_key=?",
                 [(state, error, key) for key in sop_keys],
+            )
+
+    def quarantine(self, failures: Iterable[tuple[str, str, str]]) -> None:
+        """Mark instances failed with their new path in quarantine: (sop_key, relative path, error)."""
+        with self._db:
+            self._db.executemany(
+                "UPDATE instances SET state='failed', path=?, error=? WHERE sop_key=?",
+                [(path, error, key) for key, path, error in failures],
             )
 
     def is_documented(self, series_key: str) -> bool:

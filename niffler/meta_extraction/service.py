@@ -35,7 +35,7 @@ from pymongo.errors import PyMongoError
 from niffler import __version__
 from niffler.common.deid import Policy, load_secret
 from niffler.common.dicomnet import STATUS_OUT_OF_RESOURCES, AEAddress, StorageSCP, StoredInstance
-from niffler.common.errors import DeidError, InputError
+from niffler.common.errors import DeidError, InputError, ServiceError
 from niffler.common.store import Store, mask_uri, open_store, resolve_uri
 from niffler.common.summary import (
     backfill_summary,
@@ -55,11 +55,21 @@ from niffler.meta_extraction.extract import (
 from niffler.meta_extraction.index import InstanceIndex, Pending
 from niffler.meta_extraction.purge import PurgeResult, purge
 
-__all__ = ["INDEX_FILE", "Arrival", "MetaService", "disk_usage_percent", "open_service", "read_status"]
+__all__ = [
+    "INDEX_FILE",
+    "QUARANTINE_FOLDER",
+    "Arrival",
+    "MetaService",
+    "disk_usage_percent",
+    "open_service",
+    "read_status",
+]
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "meta-index.sqlite"
+#: Folder under StorageFolder for files extraction refused (kept, never purged).
+QUARANTINE_FOLDER = ".quarantine"
 _DRAIN_MAX = 2000
 _BACKOFF_MAX = 30.0
 
@@ -170,7 +180,11 @@ class MetaService:
         log.info("niffler-meta stopped")
 
     def run(self, stop: threading.Event) -> None:
-        """Run the scheduled jobs until *stop* is set (the caller's signal handlers set it)."""
+        """Run the scheduled jobs until *stop* is set (the caller's signal handlers set it).
+
+        Raise ServiceError if the extraction worker died of an unexpected
+        error (one file's failure never kills it: that file is quarantined).
+        """
         scheduler = schedule.Scheduler()
         scheduler.every().day.at(self.config.PurgeTime).do(self.request_purge)
         scheduler.every().hour.do(self.log_disk_usage)
@@ -178,8 +192,7 @@ class MetaService:
         while not stop.wait(1.0):
             scheduler.run_pending()
             if self._worker is not None and not self._worker.is_alive():
-                log.error("the extraction worker died; stopping so a supervisor can restart")
-                break
+                raise ServiceError("the extraction worker died; exiting non-zero so a supervisor restarts")
 
     @property
     def port(self) -> int:
@@ -300,7 +313,7 @@ class MetaService:
                 relative = a.path.relative_to(self.storage_folder).as_posix()
                 mtime_ns = a.path.stat().st_mtime_ns
             except (ValueError, OSError):
-                log.error("ignoring %s: outside the storage folder or gone", a.path.name)
+                log.error("ignoring instance %s: outside the storage folder or gone", uid(a.sop_uid))
                 continue
             rows.append((uid(a.sop_uid), uid(a.series_uid), relative, a.received_at, mtime_ns))
         index.record(rows)
@@ -309,6 +322,7 @@ class MetaService:
         """Record files that are on disk but not in the index (stored just before a crash)."""
         known = index.known_paths()
         found: list[Arrival] = []
+        unreadable = 0
         for root, dirs, files in os.walk(self.storage_folder):
             dirs[:] = [d for d in dirs if not d.startswith(".")]
             for name in files:
@@ -320,7 +334,10 @@ class MetaService:
                     found.append(Arrival(path, str(ds.SeriesInstanceUID), str(ds.SOPInstanceUID),
                                          path.stat().st_mtime))  # fmt: skip
                 except (InputError, AttributeError, OSError):
-                    log.warning("start-up scan: %s is not a readable DICOM file; left alone", path.name)
+                    unreadable += 1  # its name comes from identifiers: counted, not named
+        if unreadable:
+            log.warning("start-up scan: %d file(s) in the storage folder are not readable DICOM; left alone",
+                        unreadable)  # fmt: skip
         self._record(index, found)
         pending = index.counts()["received"]
         log.info("start-up: %d unrecorded files found, %d instances wait for extraction", len(found), pending)
@@ -369,7 +386,14 @@ class MetaService:
                     )
                 except (InputError, DeidError) as exc:
                     failed[item.sop_key] = str(exc)
-                    log.error("extraction failed: %s", exc)
+                    log.error("extraction failed: instance %s: %s; quarantined", item.sop_key, exc)
+                    continue
+                except Exception as exc:  # one odd file must never stop the stream
+                    failed[item.sop_key] = type(exc).__name__
+                    log.error(
+                        "extraction failed: instance %s: unexpected %s; quarantined",
+                        item.sop_key, type(exc).__name__,
+                    )  # fmt: skip
                     continue
                 doc_id = item.sop_key if per_instance else series_key
                 for name, fields in documents.items():
@@ -406,9 +430,25 @@ class MetaService:
             if summaries[name]:  # after the series: a crash between leaves the batch to redo
                 summary_collection(self.store.db[name]).bulk_write(summaries[name], ordered=False)
         index.set_documented(documented)
-        for key, error in failed.items():
-            index.mark([key], "failed", error)
+        paths = {r.sop_key: r.path for r in rows}
+        index.quarantine((key, self._quarantine(key, paths[key]), error) for key, error in failed.items())
         index.mark([r.sop_key for r in rows if r.sop_key not in failed], "extracted")
+
+    def _quarantine(self, sop_key: str, path: str) -> str:
+        """Move a file extraction refused to ``.quarantine/<sop_key>.dcm``; return its new relative path.
+
+        The keyed name holds no identifier, and the start-up scan skips
+        dot-folders, so the file is kept for inspection and never retried by
+        accident. If the move fails, the file stays where it is.
+        """
+        target = Path(QUARANTINE_FOLDER) / f"{sop_key}.dcm"
+        try:
+            (self.storage_folder / QUARANTINE_FOLDER).mkdir(exist_ok=True)
+            os.replace(self.storage_folder / path, self.storage_folder / target)
+        except OSError as exc:
+            log.warning("instance %s: not moved to quarantine (%s); left in place", sop_key, exc.strerror)
+            return path
+        return target.as_posix()
 
     @property
     def received(self) -> int:
