@@ -289,9 +289,9 @@ class MetaService:
                 finished = not busy or not self.store_ok or time.monotonic() > self._stop_deadline
                 if stopping and self._queue.empty() and finished:
                     break
-        except Exception:
-            log.exception("the extraction worker failed")
-            raise
+        except Exception as exc:
+            # The type only: an exception's text may quote a value. run() turns this into an exit.
+            log.critical("the extraction worker failed: %s", type(exc).__name__)
         finally:
             index.close()
 

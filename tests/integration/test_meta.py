@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -21,8 +22,10 @@ from pymongo import MongoClient
 
 from niffler.common.config import load_config
 from niffler.common.deid import KEY_ENV, Pseudonymizer, phi_check
+from niffler.common.errors import ServiceError
 from niffler.meta_extraction.config import MetaConfig
-from niffler.meta_extraction.service import MetaService, open_service
+from niffler.meta_extraction.index import InstanceIndex
+from niffler.meta_extraction.service import QUARANTINE_FOLDER, MetaService, open_service, read_status
 from niffler.testing.corpus import CorpusSpec, Instance, Scanner, generate_corpus
 from niffler.testing.peers import SecantusServer, free_port, run_dcmtk, storescu, wait_for_port
 from niffler.testing.receiver import FEATURESETS
@@ -229,6 +232,56 @@ def test_eight_concurrent_senders_lose_nothing(
     counts = {d["_id"]: d["instance_count"] for d in database(secantus, mongo_db_name)["featureset"].find()}
     assert counts == {pseudo.uid(k): v for k, v in expected_series(corpus).items()}
     assert len(list((tmp_path / "data").rglob("*.dcm"))) == 80
+
+
+def test_a_file_extraction_cannot_handle_is_quarantined_and_the_next_one_extracted(
+    meta_factory: Callable[..., MetaService], secantus: SecantusServer, mongo_db_name: str, tmp_path: Path
+) -> None:
+    corpus = generate_corpus(tmp_path / "corpus", CorpusSpec(patients=1, studies_per_patient=1))
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    ds = pydicom.dcmread(corpus[0].path)
+    ds.SOPInstanceUID = pydicom.uid.generate_uid()
+    region = ds  # a kept sequence nested past the engine's limit: refused, not a crash
+    for _ in range(100):
+        item = pydicom.Dataset()
+        region.AnatomicRegionSequence = pydicom.Sequence([item])
+        region = item
+    ds.save_as(bad / "deep.dcm")
+    service = meta_factory()
+    storescu(service.port, bad)
+    storescu(service.port, tmp_path / "corpus")
+    assert service.wait_idle(60)
+
+    status = read_status(service.config, None)
+    assert status["instances_failed"] == 1
+    assert status["instances_extracted"] == len(corpus)
+    quarantined = list((tmp_path / "data" / QUARANTINE_FOLDER).iterdir())
+    assert [p.name for p in quarantined] == [Pseudonymizer(SECRET.encode()).uid(ds.SOPInstanceUID) + ".dcm"]
+    assert pydicom.dcmread(quarantined[0], stop_before_pixels=True).SOPInstanceUID == ds.SOPInstanceUID
+    assert service.purge_now() is not None
+    assert quarantined[0].exists()
+    db = database(secantus, mongo_db_name)
+    assert db["featureset"].count_documents({}) == len(expected_series(corpus))
+
+
+def test_a_worker_that_dies_stops_the_daemon_with_an_error(
+    meta_factory: Callable[..., MetaService], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: InstanceIndex, limit: int) -> list[Any]:
+        raise sqlite3.DatabaseError("disk I/O error")
+
+    monkeypatch.setattr(InstanceIndex, "pending", broken)
+    service = meta_factory()
+    stop = threading.Event()
+    timer = threading.Timer(20, stop.set)
+    timer.start()
+    try:
+        with pytest.raises(ServiceError, match="worker died"):
+            service.run(stop)
+    finally:
+        timer.cancel()
+    assert not stop.is_set()
 
 
 def test_disk_watermark_refuses_with_a700_and_stores_nothing(
