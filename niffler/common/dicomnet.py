@@ -546,7 +546,9 @@ class InstanceWriter:
         try:
             stored = self.write(raw, transfer_syntax, sop_class_uid, sop_uid, calling)
         except OSError as exc:
-            log.error("cannot write a received instance from %s: %s", calling, exc.strerror or exc)
+            # strerror only: str(exc) names the file, whose path comes from identifiers.
+            reason = exc.strerror or type(exc).__name__
+            log.error("cannot write a received instance from %s: %s", calling, reason)
             if on_failed is not None:
                 with contextlib.suppress(Exception):
                     on_failed(exc)
@@ -554,15 +556,15 @@ class InstanceWriter:
         except InputError as exc:
             log.error("refused an instance from %s: %s", calling, exc)
             return STATUS_CANNOT_UNDERSTAND
-        except Exception:  # whatever else, never raise across the network
-            log.exception("unexpected error storing an instance from %s", calling)
+        except Exception as exc:  # whatever else, never raise across the network
+            log.error("unexpected %s storing an instance from %s", type(exc).__name__, calling)
             return STATUS_OUT_OF_RESOURCES
         if on_stored is not None:
             try:
                 on_stored(stored)
-            except Exception:
+            except Exception as exc:
                 # The file is safely on disk; consumers rescan the folder on start.
-                log.exception("hand-off of a stored instance failed")
+                log.error("hand-off of a stored instance failed: %s", type(exc).__name__)
         return STATUS_SUCCESS
 
     def store_handler(

@@ -45,7 +45,7 @@ def purge(index: InstanceIndex, storage_folder: Path, quiet_before: float) -> Pu
         try:
             path.unlink()
         except OSError as exc:
-            log.error("purge: cannot delete %s: %s", relative, exc.strerror or exc)
+            log.error("purge: cannot delete instance %s: %s", sop_key, exc.strerror or type(exc).__name__)
             skipped += 1
             continue
         purged.append(sop_key)
