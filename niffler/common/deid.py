@@ -117,6 +117,7 @@ __all__ = [
     "is_standard_uid",
     "load_secret",
     "phi_check",
+    "record_key",
     "tag_of_key",
 ]
 
@@ -202,6 +203,14 @@ _DUMMIES = {
     "IS": "0", "DS": "0", "AE": "ANONYMOUS", "CS": "ANONYMIZED", "UR": "",
 }  # fmt: skip
 _OVERRIDE_ACTIONS = {"keep": "K", "remove": "X", "pseudonymize": "P"}
+#: What a kept DA, TM, DT or AS value may look like (PS3.5 6.2, plus ACR-NEMA's dotted dates and
+#: colon times); anything else is free text in a temporal attribute and is dropped.
+_VALUE_FORMS = {
+    "DA": re.compile(r"\d{8}|\d{4}\.\d{2}\.\d{2}"),
+    "TM": re.compile(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?"),
+    "DT": re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?"),
+    "AS": re.compile(r"\d{3}[DWMY]"),
+}
 _HEX_TAG = re.compile(r"^(?:0x)?([0-9A-Fa-f]{8})$")
 _ITEM = re.compile(r"_\d+_")
 _PSEUDO_ID = re.compile(r"^[0-9A-F]{16}$")
@@ -524,13 +533,16 @@ def is_standard_uid(value: str) -> bool:
     return value.startswith(DICOM_ROOT) and UID(value).name != value
 
 
-def _key_name(tag: BaseTag) -> str:
-    """A keyword for a dictionary attribute; the 8-hex tag for private and repeating-group ones.
+def record_key(tag: int) -> str:
+    """Return a record's key for *tag*: its keyword, or its 8-hex tag if private or in a repeating group.
 
     The repeating groups (50xx curves, 60xx overlays) share keywords, so
     their attributes are named by tag: two overlays never share a key.
     """
     return (keyword_for_tag(tag) if dictionary_has_tag(tag) else "") or f"{int(tag):08X}"
+
+
+_key_name = record_key
 
 
 def _scalar(value: Any, vr: str) -> Any:
@@ -627,8 +639,17 @@ def _flatten(
             record.values[key] = _pseudonym_value(policy, elem, rule.action)
             continue
         include, value = _json_value(elem)
-        if include:
+        if include and _well_formed(elem.VR, value):
             record.values[key] = value
+
+
+def _well_formed(vr: str, value: Any) -> bool:
+    """False when a date, time, date-time or age holds something else (free text where none belongs)."""
+    pattern = _VALUE_FORMS.get(vr)
+    if pattern is None or value is None:
+        return True
+    values = value if isinstance(value, list) else [value]
+    return all(v is None or pattern.fullmatch(str(v).strip()) for v in values)
 
 
 def _dummy(elem: DataElement, policy: Policy) -> Any:

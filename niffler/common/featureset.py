@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom.datadict import keyword_for_tag, tag_for_keyword
+from pydicom.datadict import tag_for_keyword
 
+from niffler.common.deid import record_key
 from niffler.common.errors import ConfigError
 
 __all__ = ["Featureset", "load_featureset", "load_featuresets", "parse_line"]
@@ -61,8 +62,7 @@ def parse_line(text: str) -> str | None:
     for pattern in _HEX_FORMS:
         match = pattern.match(text)
         if match:
-            tag = int(match.group(1) + match.group(2), 16)
-            return keyword_for_tag(tag) or f"{tag:08X}"
+            return record_key(int(match.group(1) + match.group(2), 16))
     return text if tag_for_keyword(text) is not None else None
 
 

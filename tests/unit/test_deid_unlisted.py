@@ -212,3 +212,33 @@ def test_the_hot_path_builds_no_audit_unless_asked(policy: Policy) -> None:
         ("PatientName", "E.1-1 Z"),
         ("EvaluatorName", "unlisted: person name"),
     }
+
+
+def test_free_text_in_a_kept_date_time_or_age_is_dropped(policy: Policy) -> None:
+    ds = Dataset()
+    ds.AcquisitionDate = f"{MARK}GARBAGE"
+    ds.ContentTime = f"{MARK}T"
+    ds.AcquisitionDateTime = f"{MARK}DT"
+    ds.StudyDate = "20200106"
+    ds.StudyTime = "081500.25"
+    ds.SeriesTime = "08:15:00"
+    ds.AcquisitionTime = "0815"
+    ds.InstanceCreationDate = "2020.01.06"
+    ds.FrameReferenceDateTime = "20200106081500.123456+0100"
+    assert deidentify_to_dict(ds, policy).values == {
+        "StudyDate": "20200106", "StudyTime": "081500.25", "SeriesTime": "08:15:00",
+        "AcquisitionTime": "0815", "InstanceCreationDate": "2020.01.06",
+        "FrameReferenceDateTime": "20200106081500.123456+0100",
+    }  # fmt: skip
+
+
+def test_a_featureset_line_selects_each_overlay_group_by_its_tag(policy: Policy) -> None:
+    from niffler.common.featureset import parse_line
+
+    ds = Dataset()
+    ds.add_new(0x60000010, "US", 64)
+    ds.add_new(0x60020010, "US", 128)
+    keys = [parse_line("0x60000010"), parse_line("(6002,0010)")]
+    assert keys == ["60000010", "60020010"]
+    values = deidentify_to_dict(ds, policy).values
+    assert {k: values[k] for k in keys if k} == {"60000010": 64, "60020010": 128}
