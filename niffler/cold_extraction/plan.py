@@ -18,6 +18,11 @@ century), as upstream did. A C-FIND wildcard (``*`` or ``?``) or a
 backslash in a cell is refused: a hostile or careless cell must not turn
 one row into "every study". Bad rows come back as :class:`RowError` with
 their line number; the run reports and skips them.
+
+A message about a bad cell names its line (:attr:`RowError.line`), its
+column (number and keyword) and the rule it breaks, never the cell's value
+nor a library's message that may quote it (``strptime``'s does): a CSV of
+rows to retrieve is a list of patients, and these messages go to the log.
 """
 
 from __future__ import annotations
@@ -30,8 +35,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, time, timedelta
 from pathlib import Path
+from typing import Any
 
+from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.dataelem import DataElement
 
 from niffler.cold_extraction.config import ColdConfig
 from niffler.common.errors import InputError
@@ -84,29 +92,46 @@ class RowError:
     line: int
     message: str
 
+    def __str__(self) -> str:
+        return f"line {self.line}: {self.message}"
+
+
+def _column(keyword: str, index: int) -> str:
+    """How a message names a column: the keyword it is read as and its number (1-based)."""
+    return f"{keyword} (column {index + 1})"
+
 
 def parse_date(text: str, date_format: str = "%Y%m%d") -> str:
-    """Return a date cell as ``YYYYMMDD``, or a range ``A-B`` as ``YYYYMMDD-YYYYMMDD``; raise ValueError."""
+    """Return a date cell as ``YYYYMMDD``, or a range ``A-B`` as ``YYYYMMDD-YYYYMMDD``.
+
+    Raise ValueError saying which rule the cell breaks, without quoting it.
+    """
     text = text.strip()
     parts = [text]
     if "-" in text and "-" not in datetime(2000, 1, 2).strftime(date_format):
         parts = [p.strip() for p in text.split("-", 1)]
-    days = [datetime.strptime(p, date_format).strftime("%Y%m%d") if p else "" for p in parts]
+    try:
+        days = [datetime.strptime(p, date_format).strftime("%Y%m%d") if p else "" for p in parts]
+    except ValueError:  # its message quotes the cell ("time data '...' does not match")
+        raise ValueError(f"does not match DateFormat {date_format!r}") from None
     if len(days) == 2:
         if days[0] and days[1] and days[0] > days[1]:
-            raise ValueError(f"date range ends before it starts ({days[0]} > {days[1]})")
+            raise ValueError("is a date range that ends before it starts")
         return f"{days[0]}-{days[1]}"
     return days[0]
 
 
 def month_range(text: str) -> str:
-    """Return a StudyMonth (``YYYYMM`` or ``YYYY-MM``) as the DICOM range of its days; raise ValueError."""
+    """Return a StudyMonth (``YYYYMM`` or ``YYYY-MM``) as the DICOM range of its days.
+
+    Raise ValueError saying which rule the cell breaks, without quoting it.
+    """
     cleaned = text.strip().replace("-", "").replace("/", "")
     if not re.fullmatch(r"\d{6}", cleaned):
-        raise ValueError(f"StudyMonth must be YYYYMM, got {text.strip()!r}")
+        raise ValueError("StudyMonth must be YYYYMM or YYYY-MM")
     year, month = int(cleaned[:4]), int(cleaned[4:])
     if not 1 <= month <= 12:
-        raise ValueError(f"StudyMonth has no month {month}")
+        raise ValueError("StudyMonth must have a month 01-12")
     last = calendar.monthrange(year, month)[1]
     return f"{year:04d}{month:02d}01-{year:04d}{month:02d}{last:02d}"
 
@@ -119,11 +144,30 @@ def normalize_accession(value: str, long_accession: bool) -> str:
     return value
 
 
-def _check_value(keyword: str, value: str) -> str:
+def _check_value(keyword: str, index: int, value: str) -> str:
     if _CONTROL.search(value):
-        raise ValueError(f"{keyword} holds a control character")
+        raise ValueError(f"{keyword} holds a control character (column {index + 1})")
     if _WILDCARDS.search(value):
-        raise ValueError(f"{keyword} holds a wildcard or backslash; Niffler matches values exactly")
+        raise ValueError(
+            f"{keyword} holds a wildcard or backslash (column {index + 1}); Niffler matches values exactly"
+        )
+    return value
+
+
+def _check_vr(keyword: str, index: int, value: str) -> str:
+    """Refuse a value pydicom can not hold as *keyword* (a DS that is no number), as the C-FIND would.
+
+    Refused here, the row is named by line and column; refused when the
+    C-FIND is built, pydicom's exception quotes the value into the log.
+    """
+    tag = tag_for_keyword(keyword)
+    if tag is None:
+        return value
+    vr = dictionary_VR(tag)
+    try:
+        DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
+    except Exception:  # whatever pydicom raises, its message may quote the value
+        raise ValueError(f"{keyword} is not a valid {vr} value (column {index + 1})") from None
     return value
 
 
@@ -158,32 +202,38 @@ def plan_rows(rows: Iterable[Sequence[str]], config: ColdConfig) -> Iterator[Que
 
 
 def _identifiers(row: Sequence[str], picks: list[tuple[str, int]], config: ColdConfig) -> dict[str, str]:
+    """The row's C-FIND identifiers; a ValueError names the column and the rule, never a value."""
     out: dict[str, str] = {}
+    given_by: dict[str, str] = {}  # the column each date attribute came from
     for keyword, index in picks:
         if index >= len(row):
-            raise ValueError(f"has {len(row)} column(s); {keyword} is expected in column {index + 1}")
-        value = _check_value(keyword, row[index].strip())
+            raise ValueError(
+                f"{keyword} is missing: expected in column {index + 1}, the row has {len(row)} column(s)"
+            )
+        value = _check_value(keyword, index, row[index].strip())
         if not value:
             continue
-        if keyword == STUDY_MONTH:
-            if "StudyDate" in out:
-                raise ValueError("gives both StudyDate and StudyMonth")
-            out["StudyDate"] = month_range(value)
-        elif keyword == "StudyDate" or dictionary_VR(keyword) == "DA":
-            if keyword in out:
-                raise ValueError("gives both StudyDate and StudyMonth")
-            try:
-                out[keyword] = parse_date(value, config.DateFormat)
+        if keyword == STUDY_MONTH or keyword == "StudyDate" or dictionary_VR(keyword) == "DA":
+            target = "StudyDate" if keyword == STUDY_MONTH else keyword
+            column = _column(keyword, index)
+            if target in given_by:
+                raise ValueError(f"{column} and {given_by[target]} both give {target}: give one")
+            given_by[target] = column
+            try:  # their messages state the rule, never the cell
+                if keyword == STUDY_MONTH:
+                    out[target] = month_range(value)
+                else:
+                    out[target] = parse_date(value, config.DateFormat)
             except ValueError as exc:
-                raise ValueError(
-                    f"{keyword} does not match DateFormat {config.DateFormat!r} ({exc})"
-                ) from None
-        elif keyword == "AccessionNumber":
-            out[keyword] = normalize_accession(value, config.LongAccession)
+                rule = str(exc) if keyword == STUDY_MONTH else f"{keyword} {exc}"
+                raise ValueError(f"{rule} (column {index + 1})") from None
         else:
-            out[keyword] = value
+            if keyword == "AccessionNumber":
+                value = normalize_accession(value, config.LongAccession)
+            out[keyword] = _check_vr(keyword, index, value)
     if not out:
-        raise ValueError("names no value to match on")
+        columns = ", ".join(_column(keyword, index) for keyword, index in picks)
+        raise ValueError(f"names no value to match on (empty: {columns})")
     return out
 
 
@@ -191,13 +241,21 @@ def read_plan(path: Path, config: ColdConfig) -> Iterator[Query | RowError]:
     """Plan a CSV file; raise InputError if it can not be read at all."""
     if not path.is_file():
         raise InputError(f"the CSV {path} does not exist or is not a file")
+    reader: Any = None
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            yield from plan_rows(csv.reader(handle), config)
+            reader = csv.reader(handle)
+            yield from plan_rows(reader, config)
     except OSError as exc:
         raise InputError(f"cannot read the CSV {path}: {exc.strerror}") from None
-    except (csv.Error, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: not a readable CSV ({exc})") from None
+    except csv.Error as exc:
+        # The csv module's messages are its own fixed texts ("line contains NUL",
+        # "field larger than field limit (131072)"), never a cell.
+        raise InputError(f"{path}: line {reader.line_num} is not readable CSV ({exc})") from None
+    except UnicodeDecodeError as exc:
+        # Its str() quotes the offending byte; the reason alone ("invalid start byte") does not.
+        line = (reader.line_num if reader is not None else 0) + 1
+        raise InputError(f"{path}: not UTF-8 text, at or after line {line} ({exc.reason})") from None
 
 
 def in_window(now: datetime, start_hour: int, end_hour: int) -> bool:

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
-from pydicom import config as pydicom_config
 
 from niffler import __version__
 from niffler.common.errors import NifflerError
+from niffler.common.logsetup import configure_process, level_for
 
 __all__ = ["fail_cleanly", "logging_options", "setup_logging"]
 
@@ -28,23 +28,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 def setup_logging(verbose: int = 0, quiet: int = 0) -> None:
     """Configure the root logger on stderr: INFO by default, -v DEBUG, -q WARNING.
 
-    Also stops pydicom's value warnings, which can quote identifiers (see below).
+    The same set-up as the command's workers get (:mod:`niffler.common.logsetup`):
+    pydicom's value checks off and no library quoting a DICOM value in the log.
     """
-    level = logging.INFO - 10 * verbose + 10 * quiet
-    logging.basicConfig(
-        level=max(logging.DEBUG, min(logging.CRITICAL, level)),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    # pynetdicom logs every PDU at INFO; keep its noise for -vv.
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if verbose > 1 else logging.WARNING)
-    # pydicom checks values as it reads them and warns when one breaks its VR's
-    # rules, quoting a malformed UID (a study's or patient's UID identifies
-    # them: PS3.15 replaces it) in the log. Niffler never acts on those
-    # warnings, and the regex per UID was a quarter of the CPU of accepting a
-    # PACS's association (every proposed context's UIDs).
-    pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
+    configure_process(level_for(verbose, quiet), dicom_traffic=verbose > 1)
     logging.getLogger(__name__).debug("niffler %s, pid %d", __version__, os.getpid())
 
 

@@ -24,6 +24,10 @@ Work flows through the progress ledger (SQLite, in the output directory):
 Outputs that carry PHI or re-identify: ``mapping.csv`` (original path ->
 PNG), ``failures.csv`` and ``failed-dicom/`` (original files), and the ledger.
 ``extracted-images/`` and ``metadata.csv`` are de-identified.
+
+Logs, from this process and every worker, name a file only by its position
+in the run and its instance key (``failures.csv`` has the key), never by
+its path (folders are often named after the patient) or an error's text.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from niffler.common.deid import Policy, deidentify_to_dict, load_secret, phi_che
 from niffler.common.errors import ConfigError, InputError
 from niffler.common.featureset import Featureset, load_featureset
 from niffler.common.ledger import Ledger, State
+from niffler.common.logsetup import configure_worker
 from niffler.common.notify import send_completion
 from niffler.png_extraction.config import PngConfig
 from niffler.png_extraction.render import RenderOptions, UnsupportedImage, encode_png, render_frame
@@ -111,6 +116,9 @@ class FileResult:
     pngs: tuple[str, ...] = ()
     reason: str | None = None
     error: str | None = None
+    #: The type of the exception behind a failure ("" when Niffler found the problem itself): the
+    #: log names only this, as *error* (for failures.csv) may quote a path or a header value.
+    cause: str = ""
 
     @property
     def ok(self) -> bool:
@@ -158,9 +166,10 @@ class Converter:
             row = {"instance_key": key, "png_paths": ";".join(pngs), "frames": frames, **row}
             return FileResult(relpath, key, row=row, pngs=tuple(pngs))
         except _Failure as failure:
-            return self._failed(source, relpath, key, failure.reason, str(failure))
+            cause = type(failure.__cause__).__name__ if failure.__cause__ is not None else ""
+            return self._failed(source, relpath, key, failure.reason, str(failure), cause)
         except Exception as exc:  # never stop the batch; name what happened
-            return self._failed(source, relpath, key, "unexpected-error", _describe(exc))
+            return self._failed(source, relpath, key, "unexpected-error", _describe(exc), type(exc).__name__)
 
     def _row(self, ds: pydicom.Dataset) -> dict[str, Any]:
         try:
@@ -198,7 +207,9 @@ class Converter:
             raise _Failure("write-error", _describe(exc)) from exc
         return names
 
-    def _failed(self, source: Path, relpath: str, key: str, reason: str, error: str) -> FileResult:
+    def _failed(
+        self, source: Path, relpath: str, key: str, reason: str, error: str, cause: str = ""
+    ) -> FileResult:
         target = self.output / FAILED / reason / relpath
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -210,7 +221,7 @@ class Converter:
                 shutil.copy2(source, target)
         except OSError as exc:
             error = f"{error} (and the copy to {FAILED}/ failed: {exc.strerror})"
-        return FileResult(relpath, key, reason=reason, error=error[: _MAX_ERROR * 2])
+        return FileResult(relpath, key, reason=reason, error=error[: _MAX_ERROR * 2], cause=cause)
 
 
 def _read(source: Path) -> pydicom.Dataset:
@@ -338,11 +349,21 @@ class InlineExecutor:
 
 
 class PoolExecutor:
-    """A local process pool (spawned workers: no inherited locks or connections)."""
+    """A local process pool (spawned workers: no inherited locks or connections).
 
-    def __init__(self, workers: int) -> None:
+    Each worker starts with this process's logging set-up (at *level*, by
+    default this process's): a spawned process has none, and pydicom's
+    defaults quote DICOM values in its warnings.
+    """
+
+    def __init__(self, workers: int, level: int | None = None) -> None:
         self.workers = workers
-        self._pool = ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+        self._pool = ProcessPoolExecutor(
+            max_workers=workers,
+            mp_context=get_context("spawn"),
+            initializer=configure_worker,
+            initargs=(_level(level),),
+        )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         return self._pool.submit(fn, *args)
@@ -396,6 +417,28 @@ class BatchSummary:
 
 def _batch_function(converter: Converter, relpaths: list[str]) -> list[FileResult]:
     return converter.convert_batch(relpaths)
+
+
+def _level(level: int | None) -> int:
+    """*level*, or by default the level this process logs at (what its workers should log at)."""
+    return logging.getLogger().getEffectiveLevel() if level is None else level
+
+
+def _configured_call(level: int, fn: Callable[..., Any], *args: Any) -> Any:
+    """Run *fn* on a worker set up like the command first (a Dask task: idempotent, so every time)."""
+    configure_worker(level)
+    return fn(*args)
+
+
+def _log_failures(results: list[FileResult], first: int, total: int) -> None:
+    """Name each failure by its position in this run and its keyed name: never its path or error text."""
+    for position, result in enumerate(results, start=first):
+        if not result.ok:
+            log.debug(
+                "file %d of %d (instance %s) failed: %s%s",
+                position, total, result.instance_key, result.reason,
+                f" ({result.cause})" if result.cause else "",
+            )  # fmt: skip
 
 
 def run_batch(
@@ -463,6 +506,7 @@ def run_batch(
                     in_flight.discard(future)
                     results: list[FileResult] = future.result()
                     _record(ledger, results, summary)
+                    _log_failures(results, handled + 1, pending)
                     before, handled = handled, handled + len(results)
                     progress.update(len(results))
                     if checkpoint and before // checkpoint != handled // checkpoint and handled < pending:
@@ -571,12 +615,13 @@ def write_outputs(
                 lines.writerow([original(entry.key), png, row.get("instance_key", "")])
     with _csv_atomic(output / "failures.csv") as handle:
         lines = csv.writer(handle, lineterminator="\n")
-        lines.writerow(["file", "reason", "error", "copied_to"])
+        lines.writerow(["file", "reason", "error", "copied_to", "instance_key"])
         for entry in ledger.stream(NAMESPACE, State.FAILED, _CSV_PAGE):
             reason = entry.detail.get("reason", "unexpected-error")
-            lines.writerow(
-                [original(entry.key), reason, entry.last_error or "", f"{FAILED}/{reason}/{entry.key}"]
-            )
+            lines.writerow([
+                original(entry.key), reason, entry.last_error or "", f"{FAILED}/{reason}/{entry.key}",
+                entry.detail.get("key", ""),
+            ])  # fmt: skip
 
 
 @contextmanager
@@ -605,10 +650,13 @@ class DaskExecutor:
 
     The workers must see DICOMHome and the output directory at the same paths
     (a shared file system). The converter, which holds the site secret, is
-    scattered to the workers once.
+    scattered to the workers once. Every task first sets its worker up like
+    this command (logging at *level*, by default this process's; pydicom
+    quoting no values): a Dask worker is long-lived and may be shared.
     """
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, level: int | None = None) -> None:
+        self._level = _level(level)
         try:
             from distributed import Client
         except ImportError:
@@ -625,7 +673,7 @@ class DaskExecutor:
         return self._client.scatter(value, broadcast=True)
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return self._client.submit(fn, *args, pure=False)
+        return self._client.submit(_configured_call, self._level, fn, *args, pure=False)
 
     def wait_any(self, futures: set[Any]) -> set[Any]:
         from distributed import wait as dask_wait

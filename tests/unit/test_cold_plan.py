@@ -18,6 +18,7 @@ from niffler.cold_extraction.plan import (
     read_plan,
     seconds_until_window,
 )
+from niffler.common.errors import InputError
 
 
 def plan(tmp_path: Path, text: str, **config: object) -> list[Query | RowError]:
@@ -44,7 +45,7 @@ def test_levels() -> None:
 def test_study_month_is_one_range_query(tmp_path: Path) -> None:
     out = plan(tmp_path, "PatientID,StudyMonth\n7,202002\n8,202013\n")
     assert out[0] == Query(2, {"PatientID": "7", "StudyDate": "20200201-20200229"})
-    assert isinstance(out[1], RowError) and out[1].line == 3 and "month 13" in out[1].message
+    assert isinstance(out[1], RowError) and out[1].line == 3 and "month 01-12" in out[1].message
     assert month_range("2021-12") == "20211201-20211231"
 
 
@@ -102,3 +103,110 @@ def test_seconds_until_window() -> None:
     assert seconds_until_window(datetime(2020, 1, 1, 20, 0), 19, 7) == 0
     assert seconds_until_window(datetime(2020, 1, 1, 12, 0), 1, 5) == 13 * 3600
     assert in_window(datetime(2020, 1, 1, 12, 0), 8, 8)
+
+
+# --- messages about bad cells: line and column, never the value -------------------------------
+
+MARK = "ZQ7MARK"  # in every bad cell below; no message may carry it
+
+
+@pytest.mark.parametrize(
+    "text,config,line,keyword,column",
+    [
+        # A date that does not match DateFormat: strptime's message quotes it ("time data '...'").
+        (f"PatientID,StudyDate\n1,{MARK}\n", {}, 2, "StudyDate", 2),
+        # ... or leaves a tail it quotes ("unconverted data remains: ...").
+        (f"PatientID,StudyDate\n1,20200101\n2,20200102{MARK}\n", {}, 3, "StudyDate", 2),
+        # Another DA attribute, with a custom DateFormat.
+        ("PatientID,PatientBirthDate\n1,1961/02/03\n", {"DateFormat": "%Y%m%d"}, 2, "PatientBirthDate", 2),
+        # A range that ends before it starts: the dates are the cell (and PHI).
+        ("PatientID,StudyDate\n1,19990417-19870923\n", {}, 2, "StudyDate", 2),
+        # StudyMonth: not YYYYMM, and no such month.
+        (f"PatientID,StudyMonth\n1,{MARK}\n", {}, 2, "StudyMonth", 2),
+        ("PatientID,StudyMonth\n1,202913\n", {}, 2, "StudyMonth", 2),
+        # Both StudyDate and StudyMonth: both columns named.
+        (f"StudyDate,PatientID,StudyMonth\n20200101,{MARK},202001\n", {}, 2, "StudyMonth", 3),
+        # A wildcard, a backslash, a control character.
+        (f"PatientID,AccessionNumber\n{MARK}*,A\n", {}, 2, "PatientID", 1),
+        (f"PatientID,AccessionNumber\n1,{MARK}\\2\n", {}, 2, "AccessionNumber", 2),
+        (f"PatientID,AccessionNumber\n1,{MARK}\t2\n", {}, 2, "AccessionNumber", 2),
+        # LongAccession does not change what is refused, nor what is said.
+        (f"PatientID,AccessionNumber\n1,ABCDEFG2019{MARK}?\n", {"LongAccession": True}, 2,
+         "AccessionNumber", 2),
+        # A short row (legacy columns by index).
+        (f"EMPI,Acc\n{MARK}\n", {"NumberOfQueryAttributes": 2, "FirstAttr": "PatientID", "FirstIndex": 0,
+                                  "SecondAttr": "AccessionNumber", "SecondIndex": 1}, 2,
+         "AccessionNumber", 2),
+        # A value pydicom can not hold as its VR: building the C-FIND would raise, quoting it.
+        (f"PatientID,PatientWeight\n1,{MARK}\n", {}, 2, "PatientWeight", 2),
+        (f"NumberOfStudyRelatedInstances,PatientID\n{MARK},1\n", {}, 2, "NumberOfStudyRelatedInstances", 1),
+        # No value to match on: the marker sits in a column that is not queried.
+        (f"PatientID,,AccessionNumber\n,{MARK},\n", {}, 2, "AccessionNumber", 3),
+    ],
+)  # fmt: skip
+def test_a_bad_cell_is_named_by_line_and_column_never_by_value(
+    tmp_path: Path, text: str, config: dict[str, object], line: int, keyword: str, column: int
+) -> None:
+    errors = [e for e in plan(tmp_path, text, **config) if isinstance(e, RowError)]
+    assert len(errors) == 1
+    error = errors[0]
+    assert error.line == line and keyword in error.message and f"column {column}" in error.message, error
+    assert str(error) == f"line {line}: {error.message}"
+    cells = [c for row in text.splitlines()[1:] for c in row.split(",")]
+    for secret in [MARK, *[c for c in cells if len(c) > 3]]:
+        assert secret not in error.message and secret not in str(error), (secret, error)
+
+
+def test_the_rule_broken_is_named(tmp_path: Path) -> None:
+    text = f"PatientID,StudyDate,StudyMonth\n1,{MARK},\n2,20200102-20200101,\n3,,{MARK}\n4,,202013\n"
+    messages = [e.message for e in plan(tmp_path, text) if isinstance(e, RowError)]
+    assert messages == [
+        "StudyDate does not match DateFormat '%Y%m%d' (column 2)",
+        "StudyDate is a date range that ends before it starts (column 2)",
+        "StudyMonth must be YYYYMM or YYYY-MM (column 3)",
+        "StudyMonth must have a month 01-12 (column 3)",
+    ]
+    both = plan(tmp_path, "StudyDate,PatientID,StudyMonth\n20200101,1,202001\n")
+    assert both == [
+        RowError(2, "StudyMonth (column 3) and StudyDate (column 1) both give StudyDate: give one")
+    ]
+    assert (
+        str(both[0]) == "line 2: StudyMonth (column 3) and StudyDate (column 1) both give StudyDate: give one"
+    )
+    weight = plan(tmp_path, "PatientID,PatientWeight\n1,72.5\n2,heavy\n")
+    assert weight == [
+        Query(2, {"PatientID": "1", "PatientWeight": "72.5"}),
+        RowError(3, "PatientWeight is not a valid DS value (column 2)"),
+    ]
+    empty = plan(tmp_path, "PatientID,,AccessionNumber\n,x,\n")
+    assert empty == [
+        RowError(2, "names no value to match on (empty: PatientID (column 1), AccessionNumber (column 3))")
+    ]
+
+
+def test_parse_date_and_month_range_never_quote_their_input() -> None:
+    for call in (
+        lambda: parse_date(f"2020{MARK}"),
+        lambda: parse_date(f"20200101{MARK}"),
+        lambda: month_range(f"{MARK}"),
+    ):
+        with pytest.raises(ValueError) as caught:
+            call()
+        assert MARK not in str(caught.value)
+    with pytest.raises(ValueError) as caught:
+        parse_date("19990417-19870923")
+    assert "1999" not in str(caught.value) and "1987" not in str(caught.value)
+
+
+def test_an_unreadable_csv_names_the_line_not_the_cell(tmp_path: Path) -> None:
+    huge = MARK * 20000  # longer than the csv module's field limit
+    with pytest.raises(InputError) as caught:
+        plan(tmp_path, f"PatientID,AccessionNumber\n1,A\n2,{huge}\n")
+    assert "line 3" in str(caught.value) and "field limit" in str(caught.value)
+    assert MARK not in str(caught.value)
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(f"PatientID\n1\n\xe9{MARK}\xff\n".encode("latin-1"))
+    with pytest.raises(InputError) as caught:
+        list(read_plan(path, ColdConfig()))
+    assert "not UTF-8" in str(caught.value) and MARK not in str(caught.value)
+    assert "\\x" not in str(caught.value) and "0xe9" not in str(caught.value)
