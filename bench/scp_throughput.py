@@ -16,7 +16,7 @@ from pathlib import Path
 
 from benchlib import corpus_arguments, count_files, make_corpus, report, run_dcmtk_scp, send
 
-from niffler.common.dicomnet import DEFAULT_MAX_PDU, StorageSCP
+from niffler.net.scp import DEFAULT_MAX_PDU, StorageSCP
 
 
 def run_niffler_scp(work: Path, corpus_dir: Path, max_pdu: int) -> float:

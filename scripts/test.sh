@@ -8,12 +8,22 @@ py="${NIFFLER_VENV:-$root/.venv}/bin/python"
 cd "$root"
 "$py" -m ruff check niffler tests bench
 "$py" -m mypy
-set +e
-"$py" -m pytest -p no:cacheprovider "$@"
-rc=$?
-set -e
-if [ "$rc" -eq 5 ]; then
-    echo "error: pytest collected no tests; that is a failure, not a pass" >&2
-    exit 1
+run_pytest() {
+    set +e
+    "$py" -m pytest -p no:cacheprovider "$@"
+    local rc=$?
+    set -e
+    if [ "$rc" -eq 5 ]; then
+        echo "error: pytest collected no tests; that is a failure, not a pass" >&2
+        return 1
+    fi
+    return "$rc"
+}
+run_pytest "$@"
+if [ "$#" -eq 0 ]; then
+    # The network, cold and meta tests again with the pynetdicom accelerator off: the public-API
+    # path must give the same results (niffler/net/accel.py).
+    echo "== again without the pynetdicom accelerator (NIFFLER_NET_ACCEL=0)"
+    NIFFLER_NET_ACCEL=0 run_pytest tests/integration/test_storage_scp.py tests/integration/test_cold.py \
+        tests/integration/test_meta.py tests/integration/test_net_accel.py
 fi
-exit "$rc"

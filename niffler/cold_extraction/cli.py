@@ -15,8 +15,8 @@ from niffler.cold_extraction.retrieve import echo
 from niffler.cold_extraction.run import ColdRun
 from niffler.common.cli import fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
-from niffler.common.dicomnet import AEAddress
 from niffler.common.errors import ConfigError, InputError
+from niffler.net.address import AEAddress
 
 __all__ = ["load_cold_config", "main"]
 

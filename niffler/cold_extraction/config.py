@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from niffler.common.config import setting
-from niffler.common.dicomnet import AEAddress, validate_ae_title
 from niffler.common.errors import ConfigError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
+from niffler.net.address import AEAddress, validate_ae_title
 
 __all__ = ["MODES", "QUERY_ONLY_MODES", "ColdConfig"]
 

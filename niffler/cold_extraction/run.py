@@ -45,10 +45,13 @@ from niffler.cold_extraction.retrieve import (
     RetrievalFailed,
     verify_transfer,
 )
-from niffler.common.dicomnet import AEAddress, InstanceWriter, StorageSCP
 from niffler.common.errors import ConfigError
 from niffler.common.ledger import Ledger, State
 from niffler.common.notify import send_completion
+from niffler.net import accel
+from niffler.net.address import AEAddress
+from niffler.net.scp import StorageSCP
+from niffler.net.writer import InstanceWriter
 
 __all__ = ["CFIND_OUTPUT", "LEDGER_NAME", "REPORT_NAME", "ColdRun", "Summary"]
 
@@ -246,6 +249,7 @@ class ColdRun:
                 if self.namespace == "cold.rows":
                     ledger.reset(STUDIES)
             receiver = self._receiver()
+            log.info("%s", accel.describe())
             progress = _Progress(total, self.receipts, self.show_progress)
             try:
                 self._serve_all(progress)

@@ -13,10 +13,10 @@ import click
 
 from niffler.common.cli import fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
-from niffler.common.dicomnet import AEAddress
 from niffler.common.store import attach_store, resolve_uri
 from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.service import open_service, read_status
+from niffler.net.address import AEAddress
 
 __all__ = ["load_meta_config", "main"]
 

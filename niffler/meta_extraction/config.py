@@ -8,10 +8,10 @@ from pathlib import Path
 
 from niffler.common.config import setting
 from niffler.common.deid import DeidSettings
-from niffler.common.dicomnet import AEAddress, validate_ae_title
 from niffler.common.errors import ConfigError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.common.store import DEFAULT_DATABASE
+from niffler.net.address import AEAddress, validate_ae_title
 
 __all__ = ["GRANULARITIES", "MetaConfig"]
 

@@ -34,7 +34,6 @@ from pymongo.errors import PyMongoError
 
 from niffler import __version__
 from niffler.common.deid import Policy, load_secret
-from niffler.common.dicomnet import STATUS_OUT_OF_RESOURCES, AEAddress, StorageSCP, StoredInstance
 from niffler.common.errors import DeidError, InputError, ServiceError
 from niffler.common.store import Store, mask_uri, open_store, resolve_uri
 from niffler.common.summary import (
@@ -54,6 +53,9 @@ from niffler.meta_extraction.extract import (
 )
 from niffler.meta_extraction.index import InstanceIndex, Pending
 from niffler.meta_extraction.purge import PurgeResult, purge
+from niffler.net.address import AEAddress
+from niffler.net.scp import StorageSCP
+from niffler.net.writer import STATUS_OUT_OF_RESOURCES, StoredInstance
 
 __all__ = [
     "INDEX_FILE",

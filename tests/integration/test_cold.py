@@ -24,7 +24,9 @@ from pydicom import dcmread
 from niffler.cold_extraction.cli import main
 from niffler.cold_extraction.retrieve import RESOLVE_KEYS, PacsSession
 from niffler.cold_extraction.run import LEDGER_NAME
-from niffler.common.dicomnet import AEAddress, InstanceWriter
+from niffler.net import accel
+from niffler.net.address import AEAddress
+from niffler.net.writer import InstanceWriter
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus, make_instance
 from niffler.testing.dicomfiles import dataset_bytes
 from niffler.testing.peers import DcmtkStoreSCP, OrthancPACS, free_port
@@ -217,7 +219,9 @@ def test_every_one_of_many_c_finds_on_one_association_gets_its_match(pacs: Pacs)
             patient, accession, _ = studies[k % len(studies)]
             matches = session.find({"PatientID": patient, "AccessionNumber": accession}, RESOLVE_KEYS)
             found.append([m["StudyInstanceUID"] for m in matches])
-        assert session._assoc is not None and session._assoc._run_reactor.__name__ == "_run_requestor"
+        assert session._assoc is not None
+        if accel.ENABLED:
+            assert session._assoc._run_reactor.__name__ == "_run_requestor"
     finally:
         session.close()
     assert found == [[studies[k % len(studies)][2]] for k in range(300)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from niffler.common.dicomnet import AEAddress, validate_ae_title
 from niffler.common.errors import ConfigError
+from niffler.net.address import AEAddress, validate_ae_title
 
 
 def test_src_aet_form() -> None:

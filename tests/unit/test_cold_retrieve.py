@@ -9,8 +9,8 @@ import pytest
 
 from niffler.cold_extraction.config import ColdConfig
 from niffler.cold_extraction.retrieve import Receipts, Transfer, describe_status, verify_transfer
-from niffler.common.dicomnet import StoredInstance
 from niffler.common.errors import ConfigError
+from niffler.net.writer import StoredInstance
 
 
 def test_a_complete_verified_transfer_passes() -> None:

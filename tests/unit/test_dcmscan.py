@@ -12,7 +12,7 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from niffler.common.dcmscan import plain_values, scan_elements, scan_raw
+from niffler.net.scan import plain_values, scan_elements, scan_raw
 from niffler.testing.corpus import CorpusSpec, generate_corpus
 
 WANTED = [Tag(t) for t in (

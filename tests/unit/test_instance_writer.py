@@ -10,8 +10,8 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
-from niffler.common.dicomnet import InstanceWriter, encode_part10_header
 from niffler.common.errors import InputError
+from niffler.net.writer import InstanceWriter, encode_part10_header
 from niffler.testing.corpus import CorpusSpec, generate_corpus
 from niffler.testing.dicomfiles import dataset_bytes
 
@@ -106,7 +106,7 @@ def test_header_values_equal_pydicom_conversion(implicit: bool) -> None:
     from pydicom.dataelem import RawDataElement
     from pydicom.tag import Tag
 
-    from niffler.common.dicomnet import _header_values
+    from niffler.net.writer import _header_values
 
     def raw(tag: int, vr: str, value: bytes) -> RawDataElement:
         return RawDataElement(Tag(tag), None if implicit else vr, len(value), value, 0, implicit, True)

@@ -10,7 +10,7 @@ from pynetdicom.dimse_messages import C_FIND_RSP, C_MOVE_RSP, C_STORE_RQ, C_STOR
 from pynetdicom.dimse_primitives import C_FIND, C_MOVE, C_STORE
 from pynetdicom.dsutils import encode
 
-from niffler.common.reactor import (
+from niffler.net._pynetdicom30 import (
     SUPPORTED,
     StoreRequest,
     _command_values,

@@ -1,4 +1,9 @@
-"""Event-driven reactors for the associations Niffler accepts and requests.
+"""The pynetdicom 3.0 accelerator: event-driven reactors for the associations Niffler accepts and requests.
+
+This is the only module of Niffler that touches pynetdicom internals. Only
+:mod:`niffler.net.accel` imports it, inside a guard: on a pynetdicom whose
+internals differ, that import fails or :data:`SUPPORTED` is false, and the
+public API runs instead.
 
 pynetdicom 3.0 runs two polling loops per association. The DUL thread
 sleeps 1 ms whenever it finds nothing to do, and the acceptor thread sleeps
@@ -21,7 +26,7 @@ the same work in the same order but *wait* instead of sleeping:
 
 Associations Niffler requests (C-FIND, C-MOVE, C-GET, C-STORE) get the
 waiting DUL loop too (:func:`make_requestor_event_driven`, from
-``dicomnet.NifflerAE``), and an association loop that leaves their
+``NifflerAE``), and an association loop that leaves their
 responses to the caller (pynetdicom's could take one first). Both kinds
 lose pynetdicom's debug-record handlers while its debug log is off
 (:func:`quiet_standard_logging`).
@@ -42,8 +47,7 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from io import BytesIO
 from types import MethodType
 from typing import Any, cast
@@ -65,24 +69,27 @@ from pynetdicom.dimse_primitives import C_CANCEL, C_GET, C_MOVE, C_STORE, N_EVEN
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
 from pynetdicom.pdu_primitives import P_DATA
-from pynetdicom.transport import AssociationSocket
+from pynetdicom.presentation import PresentationContext
+from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
-from niffler.common.dcmscan import decode_uid
+from niffler.net.messages import PENDING, RetrieveResponse, StoreHandler, StoreRequest
+from niffler.net.scan import decode_uid
 
 __all__ = [
-    "PENDING",
     "SUPPORTED",
-    "RetrieveResponse",
-    "StoreHandler",
-    "StoreRequest",
+    "NifflerAE",
+    "SharedContext",
+    "accepted_transfer_syntax",
     "command_to_primitive",
     "encode_store_response",
     "make_event_driven",
     "make_requestor_event_driven",
+    "on_accepted",
     "quiet_standard_logging",
     "send_retrieve",
     "serve_store",
     "set_store_handler",
+    "start_server",
 ]
 
 log = logging.getLogger(__name__)
@@ -275,26 +282,6 @@ def _command_values(command: bytes) -> dict[str, Any] | None:
 #: CommandField -> message name, for the messages read without pynetdicom (PS3.7 E.1).
 _FAST_COMMANDS = {0x0001: "C_STORE_RQ", 0x8020: "C_FIND_RSP", 0x8021: "C_MOVE_RSP", 0x8010: "C_GET_RSP"}
 _NO_DATASET = 0x0101
-
-
-@dataclass(slots=True)
-class StoreRequest:
-    """A C-STORE request read straight from its PDVs, served without a pynetdicom primitive.
-
-    Associations with a store handler (:func:`set_store_handler`) queue these
-    instead of C_STORE primitives; *dataset* is the encoded dataset exactly as
-    received.
-    """
-
-    context_id: int
-    message_id: int
-    sop_class_uid: str
-    sop_instance_uid: str
-    dataset: bytes | memoryview
-
-
-#: Serves a StoreRequest on an association; returns the C-STORE status. Must not raise.
-StoreHandler = Callable[[Association, StoreRequest], int]
 
 
 def _primitive(name: str, values: dict[str, Any], context_id: int, dataset: bytes | memoryview | None) -> Any:
@@ -500,21 +487,6 @@ def serve_store(assoc: Association, request: StoreRequest) -> None:
     response.AffectedSOPInstanceUID = request.sop_instance_uid
     response.Status = status
     DIMSEServiceProvider.send_msg(assoc.dimse, response, request.context_id)
-
-
-@dataclass(frozen=True, slots=True)
-class RetrieveResponse:
-    """One C-MOVE / C-GET response; *status* None when none came (abort, timeout, a bad message)."""
-
-    status: int | None
-    remaining: int | None = None
-    completed: int | None = None
-    failed: int | None = None
-    warning: int | None = None
-
-
-#: The Pending statuses of C-FIND, C-MOVE and C-GET responses (PS3.4 C.4).
-PENDING = (0xFF00, 0xFF01)
 
 
 def send_retrieve(
@@ -795,3 +767,61 @@ def _run_requestor(self: Association) -> None:
         self._is_paused = False
         if _ended(self):
             return
+
+
+# --- what niffler.net.accel calls: the AE, contexts and server hooks --------------------------------
+
+
+class NifflerAE(pynetdicom.AE):
+    """pynetdicom's AE, whose requested associations wait instead of polling.
+
+    The Storage SCP's accepted associations get the same through :func:`on_accepted`.
+    """
+
+    def _create_socket(self, assoc: Association, address: Any, tls_args: Any) -> AssociationSocket:
+        sock = super()._create_socket(assoc, address, tls_args)
+        quiet_standard_logging(assoc)
+        make_requestor_event_driven(assoc, sock)
+        return sock
+
+
+class SharedContext(PresentationContext):
+    """A supported presentation context that associations share instead of deep-copying.
+
+    pynetdicom deep-copies the server's supported contexts for every incoming
+    association: 46 ms for the 171 storage classes, most of an association's
+    set-up and, for C-MOVE (one association per move), of a small study's
+    retrieval. Negotiation only reads them (``negotiate_as_acceptor``), so one
+    shared, never-modified set is safe.
+    """
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SharedContext:
+        return self
+
+
+def on_accepted(assoc: Association, store: StoreHandler | None) -> bool:
+    """For an accepted association about to start: quiet logging, waiting loops, the store handler.
+
+    Returns whether *store* will serve its C-STORE requests.
+    """
+    quiet_standard_logging(assoc)
+    return make_event_driven(assoc) and store is not None and set_store_handler(assoc, store)
+
+
+def start_server(
+    ae: pynetdicom.AE, address: tuple[str, int], contexts: list[Any], evt_handlers: list[Any], poll: float
+) -> ThreadedAssociationServer:
+    """As ``AE.start_server(block=False)``, but looking for a stop every *poll* s instead of 0.5 s."""
+    server = ae.make_server(
+        address, contexts=contexts, evt_handlers=evt_handlers, server_class=ThreadedAssociationServer
+    )
+    ae._servers.append(server)
+    threading.Thread(
+        target=server.serve_forever, args=(poll,), name=f"StorageSCP-{ae.ae_title}", daemon=True
+    ).start()
+    return server
+
+
+def accepted_transfer_syntax(assoc: Association, context_id: int) -> str:
+    """The transfer syntax accepted for presentation context *context_id* of *assoc*."""
+    return str(assoc._accepted_cx[context_id].transfer_syntax[0])

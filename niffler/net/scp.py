@@ -1,0 +1,212 @@
+"""The Storage SCP: niffler-cold's C-MOVE destination and niffler-meta's listener.
+
+It never decodes a received dataset: the instance writer
+(:mod:`niffler.net.writer`) stores the bytes as received. A failed write
+answers 0xA700 (out of resources) and an unparseable dataset 0xC210 (cannot
+understand); neither raises across the network (PS3.4 Annex B.2.3).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from niffler.common.errors import ConfigError
+from niffler.common.filepath import DEFAULT_FILE_PATH
+from niffler.net import accel
+from niffler.net.address import no_delay, validate_ae_title
+from niffler.net.messages import StoreHandler
+from niffler.net.writer import InstanceWriter, StoredInstance
+
+__all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "DEFAULT_MAX_PDU", "StorageSCP"]
+
+log = logging.getLogger(__name__)
+
+
+#: Default maximum PDU Niffler offers: large PDUs cut per-PDU overhead, which
+#: dominates pynetdicom's receive path at the 16 KiB default (see bench/).
+DEFAULT_MAX_PDU = 4 * 1024 * 1024
+#: How often the listening loop looks for a stop request (seconds).
+_SERVER_POLL = 0.05
+_UNCOMPRESSED = (
+    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
+    "1.2.840.10008.1.2",  # Implicit VR Little Endian
+    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
+    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
+)
+#: pynetdicom accepts the first of *our* transfer syntaxes that the sender
+#: proposes. Compressed ones come first so that a sender offering its native
+#: compression and a decompressed fallback keeps its original bytes: nothing
+#: is decoded on the network thread and the disk holds what was acquired.
+ACCEPTED_TRANSFER_SYNTAXES = [
+    *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED),
+    *_UNCOMPRESSED,
+]
+
+
+def _accepted(event: evt.Event, store: StoreHandler | None = None) -> None:
+    """EVT_CONN_OPEN handler of the Storage SCP: no Nagle, and the accelerator where it runs."""
+    no_delay(event)
+    accel.on_accepted(event.assoc, store)
+
+
+class StorageSCP:
+    """Niffler's Storage SCP: non-blocking start/stop, every storage SOP class.
+
+    Parameters
+    ----------
+    storage_folder
+        Root folder for received files.
+    ae_title, port, host
+        What to listen as. *port* 0 picks a free port (see :attr:`port`).
+    file_path
+        dcm4che-style FilePath template for where each instance lands.
+    on_stored
+        Called on the association's thread with each :class:`StoredInstance`
+        after its file is in place; keep it quick (put it on a queue).
+    allowed_calling_aets
+        If given, associations from any other calling AE title are rejected.
+    admit
+        Called before each store; a non-zero return is sent as the status
+        instead of storing (e.g. 0xA700 when the disk passes a watermark).
+    on_failed
+        Called with the OSError of each write the disk refused (answered 0xA700).
+    """
+
+    def __init__(
+        self,
+        storage_folder: str | Path,
+        *,
+        ae_title: str = "NIFFLER",
+        port: int = 0,
+        host: str = "0.0.0.0",  # noqa: S104 - a PACS sends from another host
+        file_path: str = DEFAULT_FILE_PATH,
+        on_stored: Callable[[StoredInstance], None] | None = None,
+        allowed_calling_aets: Sequence[str] | None = None,
+        admit: Callable[[], int] | None = None,
+        on_failed: Callable[[OSError], None] | None = None,
+        maximum_pdu_size: int = DEFAULT_MAX_PDU,
+        maximum_associations: int = 16,
+        fsync: bool = False,
+    ) -> None:
+        self.ae_title = validate_ae_title(ae_title, "QueryAet title")
+        self.host = host
+        self._requested_port = port
+        self.writer = InstanceWriter(storage_folder, file_path, fsync=fsync)
+        self.on_stored = on_stored
+        self.admit = admit
+        self.on_failed = on_failed
+        self.allowed_calling_aets = (
+            [validate_ae_title(t, "allowed calling AE title") for t in allowed_calling_aets]
+            if allowed_calling_aets
+            else None
+        )
+        self.maximum_pdu_size = maximum_pdu_size
+        self.maximum_associations = maximum_associations
+        self._server: Any = None
+        self._lock = threading.Lock()
+
+    @property
+    def port(self) -> int:
+        """Return the port actually listened on (useful when asked for port 0)."""
+        if self._server is None:
+            return self._requested_port
+        return int(self._server.server_address[1])
+
+    @property
+    def storage_folder(self) -> Path:
+        return self.writer.storage_folder
+
+    def _build_ae(self) -> AE:
+        ae = accel.new_ae(self.ae_title)
+        ae.maximum_pdu_size = self.maximum_pdu_size
+        ae.maximum_associations = self.maximum_associations
+        if self.allowed_calling_aets:
+            ae.require_calling_aet = self.allowed_calling_aets
+        return ae
+
+    @staticmethod
+    def _contexts() -> list[PresentationContext]:
+        """Every storage SOP class with every transfer syntax, plus Verification."""
+        syntaxes = [
+            *((c.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES) for c in AllStoragePresentationContexts),
+            (Verification, [str(ts) for ts in _UNCOMPRESSED[:2]]),
+        ]
+        contexts: list[PresentationContext] = []
+        for abstract, transfer in syntaxes:
+            if abstract is None:
+                continue
+            context = accel.shared_context()
+            context.abstract_syntax = abstract
+            for ts in transfer:
+                context.add_transfer_syntax(ts)
+            contexts.append(context)
+        return contexts
+
+    def _on_c_store(self, event: evt.Event) -> int:
+        return self.writer.handle_c_store(event, self.on_stored, self.admit, self.on_failed)
+
+    def start(self) -> StorageSCP:
+        """Start listening in background threads and return self."""
+        with self._lock:
+            if self._server is not None:
+                return self
+            self.writer.prepare()
+            ae = self._build_ae()
+            store = self.writer.store_handler(self.on_stored, self.admit, self.on_failed)
+            try:
+                server = accel.start_server(
+                    ae,
+                    (self.host, self._requested_port),
+                    self._contexts(),
+                    [(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_CONN_OPEN, _accepted, [store])],
+                    _SERVER_POLL,
+                )
+            except OSError as exc:
+                raise ConfigError(
+                    f"cannot listen on {self.host}:{self._requested_port} as {self.ae_title}: "
+                    f"{exc.strerror or exc}"
+                ) from None
+            self._server = server
+        log.info(
+            "Storage SCP %s listening on %s:%d; %s", self.ae_title, self.host, self.port, accel.describe()
+        )
+        return self
+
+    def stop(self, grace: float = 5.0) -> None:
+        """Stop listening; give associations in flight *grace* seconds to finish, then abort them.
+
+        pynetdicom's shutdown only closes the listening socket: an association
+        left open (a peer that hangs) would keep its non-daemon thread, and so
+        the process, alive.
+        """
+        with self._lock:
+            server, self._server = self._server, None
+        if server is None:
+            return
+        server.shutdown()
+        deadline = time.monotonic() + grace
+        active = server.active_associations
+        while active and time.monotonic() < deadline:
+            time.sleep(0.05)
+            active = server.active_associations
+        for assoc in active:
+            assoc.abort()
+        if active:
+            log.warning("Storage SCP %s aborted %d association(s) still open", self.ae_title, len(active))
+        log.info("Storage SCP %s stopped", self.ae_title)
+
+    def __enter__(self) -> StorageSCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
