@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import struct
-import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
+from niffler.common.atomic import atomic_write
 from niffler.common.errors import InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net import accel
@@ -229,7 +228,7 @@ class InstanceWriter:
         so the sender still holds it as unsent.
         """
         self.incoming.mkdir(parents=True, exist_ok=True)
-        for leftover in self.incoming.glob("*.part"):
+        for leftover in {*self.incoming.glob("*.part"), *self.incoming.glob(".*.part")}:
             leftover.unlink(missing_ok=True)
 
     def write(
@@ -263,24 +262,10 @@ class InstanceWriter:
 
         preamble = encode_part10_header(sop_class_uid, sop_uid, str(ts), calling_aet)
 
-        tmp = self.incoming / f"{uuid.uuid4().hex}.part"
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(preamble)
-                handle.write(raw)
-                if self.fsync:
-                    handle.flush()
-                    os.fsync(handle.fileno())
-            try:
-                os.replace(tmp, target)
-            except FileNotFoundError:
-                # First instance of a series (or its folder was purged): a
-                # mkdir per file was a measurable share of the receive time.
-                os.makedirs(target.parent, exist_ok=True)
-                os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        # The temp file goes to the incoming folder, so prepare() can drop what a crash left.
+        with atomic_write(target, "wb", fsync=self.fsync, temp_dir=self.incoming) as handle:
+            handle.write(preamble)
+            handle.write(raw)
         return StoredInstance(
             path=target,
             study_uid=str(header.get(_STUDY_UID, "")),

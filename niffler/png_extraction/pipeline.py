@@ -41,7 +41,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -53,6 +52,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels.utils import iter_pixels
 from tqdm import tqdm
 
+from niffler.common.atomic import atomic_write, write_bytes_atomic
 from niffler.common.deid import Policy, deidentify_to_dict, load_secret, phi_check, tag_of_key
 from niffler.common.errors import ConfigError, InputError
 from niffler.common.featureset import Featureset, load_featureset
@@ -199,7 +199,7 @@ class Converter:
             for index, pixels in enumerate(_frames(ds, frames)):
                 image = render_frame(pixels, ds, self.render, index)
                 name = f"{folder}/{key}.png" if frames == 1 else f"{folder}/{key}_{index + 1:04d}.png"
-                _write_atomic(self.output / name, encode_png(image))
+                write_bytes_atomic(self.output / name, encode_png(image))
                 names.append(name)
         except UnsupportedImage as exc:
             raise _Failure("unsupported-photometric", str(exc)) from exc
@@ -259,16 +259,6 @@ def _frames(ds: pydicom.Dataset, frames: int) -> Iterator[np.ndarray]:
     except Exception as exc:
         raise _Failure("decode-error", _describe(exc)) from exc
 
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temp.write_bytes(data)
-        os.replace(temp, path)
-    except BaseException:
-        temp.unlink(missing_ok=True)
-        raise
 
 
 # --- discovery -------------------------------------------------------------------------------
@@ -601,8 +591,8 @@ def write_outputs(
     wanted = set(fieldnames)
     # One pass over the ledger writes both files: each entry's JSON is decoded once.
     with (
-        _csv_atomic(output / "metadata.csv") as meta_handle,
-        _csv_atomic(output / "mapping.csv") as map_handle,
+        atomic_write(output / "metadata.csv") as meta_handle,
+        atomic_write(output / "mapping.csv") as map_handle,
     ):
         writer = csv.DictWriter(meta_handle, fieldnames=fieldnames, lineterminator="\n")
         writer.writeheader()
@@ -613,7 +603,7 @@ def write_outputs(
             writer.writerow({k: _cell(v) for k, v in row.items() if k in wanted})
             for png in entry.detail.get("pngs") or [""]:
                 lines.writerow([original(entry.key), png, row.get("instance_key", "")])
-    with _csv_atomic(output / "failures.csv") as handle:
+    with atomic_write(output / "failures.csv") as handle:
         lines = csv.writer(handle, lineterminator="\n")
         lines.writerow(["file", "reason", "error", "copied_to", "instance_key"])
         for entry in ledger.stream(NAMESPACE, State.FAILED, _CSV_PAGE):
@@ -622,18 +612,6 @@ def write_outputs(
                 original(entry.key), reason, entry.last_error or "", f"{FAILED}/{reason}/{entry.key}",
                 entry.detail.get("key", ""),
             ])  # fmt: skip
-
-
-@contextmanager
-def _csv_atomic(path: Path) -> Iterator[Any]:
-    """Open a CSV for writing under a temp name; rename it into place only if all of it was written."""
-    temp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(temp, "w", encoding="utf-8", newline="") as handle:
-            yield handle
-        os.replace(temp, path)
-    finally:
-        temp.unlink(missing_ok=True)
 
 
 def check_dicom_home(path: Path | None) -> Path:
