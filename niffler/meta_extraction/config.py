@@ -12,6 +12,7 @@ from niffler.common.errors import ConfigError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.common.store import DEFAULT_DATABASE
 from niffler.net.address import AEAddress, validate_ae_title
+from niffler.net.syntaxes import POLICIES
 
 __all__ = ["GRANULARITIES", "MetaConfig"]
 
@@ -54,6 +55,10 @@ class MetaConfig(DeidSettings):
         90.0, "refuse new images (status 0xA700) when the disk is fuller than this", minimum=1, maximum=100
     )
     AllowedCallingAets: list[str] = setting([], "calling AE titles allowed to send; empty: any")
+    TransferSyntaxPolicy: str = setting(
+        "lossless", "lossless: lossless syntaxes first, lossy only if nothing else is offered; "
+        "uncompressed: uncompressed first; never-lossy: refuse lossy syntaxes", choices=POLICIES,
+    )  # fmt: skip
     MaxAssociations: int = setting(16, "concurrent associations accepted", minimum=1, maximum=256)
     ExtractionBatch: int = setting(500, "instances extracted per store round trip", minimum=1, maximum=100000)
 

@@ -129,6 +129,7 @@ class MetaService:
             allowed_calling_aets=config.AllowedCallingAets or None,
             admit=self._admit,
             maximum_associations=config.MaxAssociations,
+            transfer_syntax_policy=config.TransferSyntaxPolicy,
         )
         self._queue: queue.Queue[Arrival] = queue.Queue()
         self._stop = threading.Event()

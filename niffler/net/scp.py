@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -24,9 +24,10 @@ from niffler.common.filepath import DEFAULT_FILE_PATH
 from niffler.net import accel
 from niffler.net.address import no_delay, validate_ae_title
 from niffler.net.messages import StoreHandler
-from niffler.net.writer import InstanceWriter, StoredInstance
+from niffler.net.syntaxes import UNCOMPRESSED, acceptor_order, is_lossy
+from niffler.net.writer import InstanceWriter, StoredInstance, peer_title
 
-__all__ = ["ACCEPTED_TRANSFER_SYNTAXES", "DEFAULT_MAX_PDU", "StorageSCP"]
+__all__ = ["DEFAULT_MAX_PDU", "StorageSCP"]
 
 log = logging.getLogger(__name__)
 
@@ -36,26 +37,22 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PDU = 4 * 1024 * 1024
 #: How often the listening loop looks for a stop request (seconds).
 _SERVER_POLL = 0.05
-_UNCOMPRESSED = (
-    "1.2.840.10008.1.2.1",  # Explicit VR Little Endian
-    "1.2.840.10008.1.2",  # Implicit VR Little Endian
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian (retired)
-)
-#: pynetdicom accepts the first of *our* transfer syntaxes that the sender
-#: proposes. Compressed ones come first so that a sender offering its native
-#: compression and a decompressed fallback keeps its original bytes: nothing
-#: is decoded on the network thread and the disk holds what was acquired.
-ACCEPTED_TRANSFER_SYNTAXES = [
-    *(ts for ts in ALL_TRANSFER_SYNTAXES if ts not in _UNCOMPRESSED),
-    *_UNCOMPRESSED,
-]
-
 
 def _accepted(event: evt.Event, store: StoreHandler | None = None) -> None:
     """EVT_CONN_OPEN handler of the Storage SCP: no Nagle, and the accelerator where it runs."""
     no_delay(event)
     accel.on_accepted(event.assoc, store)
+
+
+def _log_lossy(event: evt.Event) -> None:
+    """EVT_ACCEPTED handler: say once per association when a context could only be accepted lossy."""
+    syntaxes = {cx.transfer_syntax[0] for cx in event.assoc.accepted_contexts}
+    lossy = sorted(str(ts.name) for ts in syntaxes if is_lossy(ts))
+    if lossy:
+        log.warning(
+            "association from %s: accepted %s for what the sender offered in no lossless syntax",
+            peer_title(event.assoc) or "?", ", ".join(lossy),
+        )  # fmt: skip
 
 
 class StorageSCP:
@@ -79,6 +76,8 @@ class StorageSCP:
         instead of storing (e.g. 0xA700 when the disk passes a watermark).
     on_failed
         Called with the OSError of each write the disk refused (answered 0xA700).
+    transfer_syntax_policy
+        ``lossless``, ``uncompressed`` or ``never-lossy`` (see :mod:`niffler.net.syntaxes`).
     """
 
     def __init__(
@@ -93,6 +92,7 @@ class StorageSCP:
         allowed_calling_aets: Sequence[str] | None = None,
         admit: Callable[[], int] | None = None,
         on_failed: Callable[[OSError], None] | None = None,
+        transfer_syntax_policy: str = "lossless",
         maximum_pdu_size: int = DEFAULT_MAX_PDU,
         maximum_associations: int = 16,
         fsync: bool = False,
@@ -111,6 +111,7 @@ class StorageSCP:
         )
         self.maximum_pdu_size = maximum_pdu_size
         self.maximum_associations = maximum_associations
+        self.accepted_syntaxes = acceptor_order(transfer_syntax_policy)
         self._server: Any = None
         self._lock = threading.Lock()
 
@@ -133,12 +134,11 @@ class StorageSCP:
             ae.require_calling_aet = self.allowed_calling_aets
         return ae
 
-    @staticmethod
-    def _contexts() -> list[PresentationContext]:
-        """Every storage SOP class with every transfer syntax, plus Verification."""
+    def _contexts(self) -> list[PresentationContext]:
+        """Every storage SOP class with the transfer syntaxes of the policy, plus Verification."""
         syntaxes = [
-            *((c.abstract_syntax, ACCEPTED_TRANSFER_SYNTAXES) for c in AllStoragePresentationContexts),
-            (Verification, [str(ts) for ts in _UNCOMPRESSED[:2]]),
+            *((c.abstract_syntax, self.accepted_syntaxes) for c in AllStoragePresentationContexts),
+            (Verification, list(UNCOMPRESSED[:2])),
         ]
         contexts: list[PresentationContext] = []
         for abstract, transfer in syntaxes:
@@ -167,7 +167,11 @@ class StorageSCP:
                     ae,
                     (self.host, self._requested_port),
                     self._contexts(),
-                    [(evt.EVT_C_STORE, self._on_c_store), (evt.EVT_CONN_OPEN, _accepted, [store])],
+                    [
+                        (evt.EVT_C_STORE, self._on_c_store),
+                        (evt.EVT_CONN_OPEN, _accepted, [store]),
+                        (evt.EVT_ACCEPTED, _log_lossy),
+                    ],
                     _SERVER_POLL,
                 )
             except OSError as exc:

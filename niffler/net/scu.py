@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
-from pynetdicom import AE, StoragePresentationContexts, build_role, evt
+from pynetdicom import AE, build_role, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
@@ -33,7 +33,7 @@ from niffler.common.errors import AssociationError
 from niffler.net import accel
 from niffler.net.address import AEAddress, associate, open_association
 from niffler.net.messages import PENDING, RetrieveResponse
-from niffler.net.scp import ACCEPTED_TRANSFER_SYNTAXES
+from niffler.net.syntaxes import get_contexts
 from niffler.net.writer import InstanceWriter, StoredInstance
 
 __all__ = [
@@ -145,6 +145,7 @@ class QueryRetrieveSession:
         writer: InstanceWriter | None = None,
         on_stored: Callable[[StoredInstance], None] | None = None,
         on_failed: Callable[[OSError], None] | None = None,
+        transfer_syntax_policy: str = "lossless",
     ) -> None:
         self.peer = peer
         self.calling_aet = calling_aet
@@ -154,6 +155,7 @@ class QueryRetrieveSession:
         self.writer = writer
         self.on_stored = on_stored
         self.on_failed = on_failed
+        self.transfer_syntax_policy = transfer_syntax_policy
         self._assoc: Association | None = None
         self._lock = threading.Lock()
 
@@ -170,8 +172,8 @@ class QueryRetrieveSession:
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove)
         elif self.mode == "get":
             ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet)
-            for context in StoragePresentationContexts:
-                ae.add_requested_context(str(context.abstract_syntax), ACCEPTED_TRANSFER_SYNTAXES)
+            for context in get_contexts(self.transfer_syntax_policy):
+                ae.add_requested_context(str(context.abstract_syntax), context.transfer_syntax)
         return ae
 
     def _association(self) -> Association:
@@ -182,9 +184,9 @@ class QueryRetrieveSession:
             ext_neg: list[Any] = []
             handlers: list[Any] = []
             if self.mode == "get":
-                ext_neg = [
-                    build_role(str(c.abstract_syntax), scp_role=True) for c in StoragePresentationContexts
-                ]
+                contexts = get_contexts(self.transfer_syntax_policy)
+                classes = dict.fromkeys(str(c.abstract_syntax) for c in contexts)
+                ext_neg = [build_role(uid, scp_role=True) for uid in classes]
                 handlers = [(evt.EVT_C_STORE, self._on_c_store)]
             try:
                 self._assoc = open_association(ae, self.peer, ext_neg=ext_neg, evt_handlers=handlers)

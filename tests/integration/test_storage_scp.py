@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from pynetdicom.sop_class import CTImageStorage  # type: ignore[attr-defined]
 from niffler.net import accel
 from niffler.net.address import AEAddress, open_association
 from niffler.net.scp import StorageSCP
+from niffler.net.syntaxes import UNCOMPRESSED
 from niffler.net.writer import StoredInstance
 from niffler.testing.corpus import CorpusSpec, Instance, generate_corpus
 from niffler.testing.dicomfiles import dataset_bytes
@@ -75,6 +77,46 @@ def test_storescu_corpus_arrives_byte_identical_where_template_says(
         assert rec.series_uid == by_sop[rec.sop_uid].series_uid and rec.path.exists()
     # No temp files remain.
     assert list((root / ".niffler-incoming").iterdir()) == []
+
+
+def test_a_sender_offering_lossy_jpeg_first_gets_a_lossless_syntax(
+    scp: StorageSCP, corpus: list[Instance]
+) -> None:
+    """storescu +C -xy proposes JPEG Baseline first in each context, then the uncompressed syntaxes."""
+    run_dcmtk(["storescu", "+C", "-xy", "-aet", "MODALITY", "-aec", "NIFFLER", "+sd", "+r",
+               LOOPBACK, str(scp.port), str(corpus[0].path.parent)])  # fmt: skip
+    stored = sorted(scp.storage_folder.rglob("*.dcm"))
+    assert len(stored) == len(corpus)
+    for path in stored:
+        ds = pydicom.dcmread(path)
+        assert ds.file_meta.TransferSyntaxUID in UNCOMPRESSED, ds.file_meta.TransferSyntaxUID.name
+    by_sop = {i.sop_uid: i for i in corpus}
+    for path in stored:
+        assert dataset_bytes(path) == dataset_bytes(by_sop[path.stem].path)
+
+
+def test_a_lossy_original_offered_only_lossy_is_stored_and_logged_once(
+    scp: StorageSCP, caplog: pytest.LogCaptureFixture
+) -> None:
+    jpeg = Path(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
+    with caplog.at_level(logging.WARNING, logger="niffler.net.scp"):
+        run_dcmtk(["dcmsend", "--decompress-never", "-aet", "MODALITY", "-aec", "NIFFLER",
+                   LOOPBACK, str(scp.port), str(jpeg)])  # fmt: skip
+    (stored,) = scp.storage_folder.rglob("*.dcm")
+    assert pydicom.dcmread(stored).file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.4.50"
+    lines = [r.getMessage() for r in caplog.records if "no lossless syntax" in r.getMessage()]
+    assert lines == ["association from MODALITY: accepted JPEG Baseline (Process 1) for what the sender "
+                     "offered in no lossless syntax"]  # fmt: skip
+
+
+def test_never_lossy_refuses_a_lossy_only_offer(tmp_path: Path) -> None:
+    jpeg = Path(str(get_testdata_file("SC_rgb_jpeg_dcmtk.dcm")))
+    with StorageSCP(tmp_path / "in", host=LOOPBACK, transfer_syntax_policy="never-lossy") as strict:
+        result = run_dcmtk(["dcmsend", "--decompress-never", "-aec", "NIFFLER", LOOPBACK, str(strict.port),
+                            str(jpeg)], check=False)  # fmt: skip
+    # dcmsend exits 0 all the same; it says why it sent nothing.
+    assert "No acceptable Presentation Contexts" in result.stdout + result.stderr
+    assert list((tmp_path / "in").rglob("*.dcm")) == []
 
 
 class _CountingSCP(StorageSCP):
