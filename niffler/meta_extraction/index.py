@@ -128,6 +128,20 @@ class InstanceIndex:
                 [(path, error, key) for key, path, error in failures],
             )
 
+    def refuse(self, items: Iterable[tuple[str, str, float, int, str]]) -> None:
+        """Record instances the receiver refused (sop_key, path, received_at, mtime_ns, error) as failed.
+
+        They belong to no series: their bytes could not be read far enough to say.
+        """
+        with self._db:
+            self._db.executemany(
+                """INSERT INTO instances (sop_key, series_key, path, received_at, mtime_ns, state, error)
+                   VALUES (?, '', ?, ?, ?, 'failed', ?)
+                   ON CONFLICT(sop_key) DO UPDATE SET path=excluded.path, state='failed',
+                       error=excluded.error""",
+                [(key, path, at, mtime, error) for key, path, at, mtime, error in items],
+            )
+
     def is_documented(self, series_key: str) -> bool:
         row = self._db.execute("SELECT documented FROM series WHERE series_key=?", (series_key,)).fetchone()
         return bool(row and row[0])

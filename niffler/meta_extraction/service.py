@@ -55,7 +55,7 @@ from niffler.meta_extraction.index import InstanceIndex, Pending
 from niffler.meta_extraction.purge import PurgeResult, purge
 from niffler.net.address import AEAddress
 from niffler.net.scp import StorageSCP
-from niffler.net.writer import STATUS_OUT_OF_RESOURCES, StoredInstance
+from niffler.net.writer import QUARANTINE_DIR, STATUS_OUT_OF_RESOURCES, StoredInstance
 
 __all__ = [
     "INDEX_FILE",
@@ -70,8 +70,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "meta-index.sqlite"
-#: Folder under StorageFolder for files extraction refused (kept, never purged).
-QUARANTINE_FOLDER = ".quarantine"
+#: Folder under StorageFolder for files refused by the receiver or by extraction (kept, never purged).
+QUARANTINE_FOLDER = QUARANTINE_DIR
 _DRAIN_MAX = 2000
 _BACKOFF_MAX = 30.0
 
@@ -84,6 +84,8 @@ class Arrival:
     series_uid: str
     sop_uid: str
     received_at: float
+    #: Why the receiver refused it (its bytes are in quarantine), or None for a stored instance.
+    refused: str | None = None
 
 
 def disk_usage_percent(folder: Path) -> float:
@@ -128,6 +130,7 @@ class MetaService:
             on_stored=self._on_stored,
             allowed_calling_aets=config.AllowedCallingAets or None,
             admit=self._admit,
+            on_quarantined=self._on_quarantined,
             maximum_associations=config.MaxAssociations,
             transfer_syntax_policy=config.TransferSyntaxPolicy,
         )
@@ -207,6 +210,9 @@ class MetaService:
         self._queue.put(Arrival(stored.path, stored.series_uid, stored.sop_uid, self.clock()))
         with self._lock:
             self._received += 1
+
+    def _on_quarantined(self, kept: StoredInstance) -> None:
+        self._queue.put(Arrival(kept.path, "", kept.sop_uid, self.clock(), refused="truncated dataset"))
 
     def _admit(self) -> int:
         now = time.monotonic()
@@ -311,6 +317,7 @@ class MetaService:
     def _record(self, index: InstanceIndex, arrivals: list[Arrival]) -> None:
         uid = self.policy.pseudonymizer.uid
         rows = []
+        refused: list[tuple[str, str, float, int, str]] = []
         for a in arrivals:
             try:
                 relative = a.path.relative_to(self.storage_folder).as_posix()
@@ -318,8 +325,12 @@ class MetaService:
             except (ValueError, OSError):
                 log.error("ignoring instance %s: outside the storage folder or gone", uid(a.sop_uid))
                 continue
-            rows.append((uid(a.sop_uid), uid(a.series_uid), relative, a.received_at, mtime_ns))
+            if a.refused is not None:
+                refused.append((uid(a.sop_uid), relative, a.received_at, mtime_ns, a.refused))
+            else:
+                rows.append((uid(a.sop_uid), uid(a.series_uid), relative, a.received_at, mtime_ns))
         index.record(rows)
+        index.refuse(refused)  # counted failed, never extracted or purged
 
     def _recover(self, index: InstanceIndex) -> None:
         """Record files that are on disk but not in the index (stored just before a crash)."""

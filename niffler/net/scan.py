@@ -17,6 +17,7 @@ the dataset with pydicom.
 
 from __future__ import annotations
 
+import re
 import struct
 from collections.abc import Iterable
 
@@ -25,7 +26,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.tag import Tag
 
-__all__ = ["decode_uid", "plain_values", "raw_dataset", "scan_elements", "scan_raw"]
+__all__ = ["decode_uid", "plain_values", "raw_dataset", "scan_elements", "scan_raw", "truncation"]
 
 #: Explicit VRs whose length field is 4 bytes after 2 reserved ones (PS3.5 7.1.2).
 _LONG_VRS = frozenset(
@@ -242,3 +243,98 @@ def decode_uid(raw: bytes) -> str | None:
     if b"\\" in raw:
         return None
     return raw.decode("iso8859").rstrip("\0 ")
+
+
+def truncation(data: bytes | memoryview, implicit: bool, little_endian: bool = True) -> str | None:
+    """Return why the element structure of an encoded dataset runs past its end, or None if it is whole.
+
+    Walks every element header (iteratively, at any nesting depth), skipping
+    values by their lengths and descending only into undefined-length
+    sequences, items and encapsulated pixel data (the contents of an
+    undefined-length UN are implicit VR, PS3.5 6.2.2). A dataset cut
+    mid-header, mid-value or inside an undefined-length structure is
+    truncated; the message gives byte offsets only, never a value. A dataset
+    labelled explicit VR but encoded implicit (which pydicom reads) is judged
+    as it is encoded.
+    """
+    if little_endian and _pixel_data_reaches_end(data, implicit):
+        return None  # the usual case, in a microsecond instead of a walk of every header
+    problem = _walk(data, implicit, little_endian)
+    if problem is not None and not implicit and little_endian and _walk(data, True, True) is None:
+        return None
+    return problem
+
+
+#: Where the Pixel Data element is looked for: real headers put it within the first few kilobytes.
+_PIXEL_SEARCH = 256 * 1024
+_PIXEL_EXPLICIT = re.compile(rb"\xe0\x7f\x10\x00(?:OB|OW)\x00\x00", re.DOTALL)
+_PIXEL_IMPLICIT = re.compile(rb"\xe0\x7f\x10\x00", re.DOTALL)
+_SEQUENCE_END_BYTES = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
+
+
+def _pixel_data_reaches_end(data: bytes | memoryview, implicit: bool) -> bool:
+    """True when the first Pixel Data header ends the dataset exactly (little endian).
+
+    A cut removes the end of a dataset, so when Pixel Data and the few
+    elements after it (trailing padding) reach the last byte exactly, or its
+    encapsulated fragments end with the sequence delimiter, nothing is
+    missing. False means "walk it all": no Pixel Data near the start, or a
+    lookalike.
+    """
+    found = (_PIXEL_IMPLICIT if implicit else _PIXEL_EXPLICIT).search(data, 0, _PIXEL_SEARCH)
+    if found is None:
+        return False
+    at = found.end()
+    if at + 4 > len(data):
+        return False
+    length = int.from_bytes(data[at : at + 4], "little")
+    if length == _UNDEFINED:
+        return bytes(data[-8:]) == _SEQUENCE_END_BYTES
+    after = at + 4 + length
+    # What follows Pixel Data (trailing padding, a signature) is short: walk it.
+    return after <= len(data) and _walk(memoryview(data)[after:], implicit, True) is None
+
+
+def _walk(data: bytes | memoryview, implicit: bool, little_endian: bool) -> str | None:
+    end = len(data)
+    order = "<" if little_endian else ">"
+    head = struct.Struct(order + "HHI")
+    short = struct.Struct(order + "HH2sH")
+    long_ = struct.Struct(order + "HH2s2xI")
+    pos = 0
+    #: One entry per open undefined-length sequence or item: whether its contents are implicit VR.
+    modes: list[bool] = []
+    mode = implicit
+    while pos < end:
+        if pos + 8 > end:
+            return f"an element header at byte {pos} runs past the end ({end} bytes)"
+        group, elem, length = head.unpack_from(data, pos)
+        tag = group << 16 | elem
+        vr = b""
+        if group == 0xFFFE or mode:
+            value = pos + 8
+        else:
+            _, _, vr, short_length = short.unpack_from(data, pos)
+            if vr in _LONG_VRS:
+                if pos + 12 > end:
+                    return f"an element header at byte {pos} runs past the end ({end} bytes)"
+                length, value = long_.unpack_from(data, pos)[3], pos + 12
+            else:
+                length, value = short_length, pos + 8
+        if tag in (_ITEM_END, _SEQUENCE_END):
+            if not modes:
+                return f"a delimiter at byte {pos} closes nothing"
+            mode = modes.pop()
+            pos = value
+            continue
+        if length == _UNDEFINED:
+            modes.append(mode)  # restored at the matching delimiter
+            mode = mode or vr == b"UN"
+            pos = value
+            continue
+        if value + length > end:
+            return f"the value at byte {value} needs {length} bytes; {end - value} remain"
+        pos = value + length
+    if modes:
+        return f"{len(modes)} undefined-length sequence(s) or item(s) never closed"
+    return None

@@ -76,6 +76,9 @@ class StorageSCP:
         instead of storing (e.g. 0xA700 when the disk passes a watermark).
     on_failed
         Called with the OSError of each write the disk refused (answered 0xA700).
+    on_quarantined
+        Called with each received dataset refused as truncated (answered 0xC210), whose
+        bytes are kept under ``.quarantine/`` in the storage folder.
     transfer_syntax_policy
         ``lossless``, ``uncompressed`` or ``never-lossy`` (see :mod:`niffler.net.syntaxes`).
     """
@@ -92,6 +95,7 @@ class StorageSCP:
         allowed_calling_aets: Sequence[str] | None = None,
         admit: Callable[[], int] | None = None,
         on_failed: Callable[[OSError], None] | None = None,
+        on_quarantined: Callable[[StoredInstance], None] | None = None,
         transfer_syntax_policy: str = "lossless",
         maximum_pdu_size: int = DEFAULT_MAX_PDU,
         maximum_associations: int = 16,
@@ -100,7 +104,7 @@ class StorageSCP:
         self.ae_title = validate_ae_title(ae_title, "QueryAet title")
         self.host = host
         self._requested_port = port
-        self.writer = InstanceWriter(storage_folder, file_path, fsync=fsync)
+        self.writer = InstanceWriter(storage_folder, file_path, fsync=fsync, on_quarantined=on_quarantined)
         self.on_stored = on_stored
         self.admit = admit
         self.on_failed = on_failed

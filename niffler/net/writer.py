@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import struct
+import uuid
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,15 +38,17 @@ from niffler.common.errors import InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net import accel
 from niffler.net.messages import StoreHandler, StoreRequest
-from niffler.net.scan import decode_uid, plain_values, raw_dataset, scan_raw
+from niffler.net.scan import decode_uid, plain_values, raw_dataset, scan_raw, truncation
 
 __all__ = [
     "INCOMING_DIR",
+    "QUARANTINE_DIR",
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_SUCCESS",
     "InstanceWriter",
     "StoredInstance",
+    "TruncatedDataset",
     "encode_part10_header",
     "peer_title",
 ]
@@ -59,6 +62,8 @@ STATUS_OUT_OF_RESOURCES = 0xA700
 STATUS_CANNOT_UNDERSTAND = 0xC210
 
 INCOMING_DIR = ".niffler-incoming"
+#: Folder under the storage folder for received bytes that were refused (kept for inspection).
+QUARANTINE_DIR = ".quarantine"
 #: Bytes of a received dataset parsed first for the attributes Niffler needs.
 _HEADER_PREFIX = 64 * 1024
 
@@ -208,13 +213,28 @@ def encode_part10_header(
     return b"\x00" * 128 + b"DICM" + group_length + body
 
 
+class TruncatedDataset(InputError):
+    """A received dataset whose element structure runs past its end; its bytes were quarantined."""
+
+    def __init__(self, message: str, kept: StoredInstance) -> None:
+        super().__init__(message)
+        self.kept = kept
+
+
 class InstanceWriter:
     """Writes received datasets as Part 10 files under a storage folder by template."""
 
     def __init__(
-        self, storage_folder: str | Path, file_path: str = DEFAULT_FILE_PATH, *, fsync: bool = False
+        self,
+        storage_folder: str | Path,
+        file_path: str = DEFAULT_FILE_PATH,
+        *,
+        fsync: bool = False,
+        on_quarantined: Callable[[StoredInstance], None] | None = None,
     ) -> None:
         self.storage_folder = Path(storage_folder).absolute()
+        #: Hears of each refused dataset kept under QUARANTINE_DIR (niffler-meta counts it failed).
+        self.on_quarantined = on_quarantined
         self.template = FileTemplate.parse(file_path)
         self.incoming = self.storage_folder / INCOMING_DIR
         self.fsync = fsync
@@ -247,6 +267,11 @@ class InstanceWriter:
         never left in place.
         """
         ts = UID(transfer_syntax)
+        if not ts.is_deflated:  # a deflated stream would have to be inflated to be walked
+            problem = truncation(raw, ts.is_implicit_VR, ts.is_little_endian)
+            if problem is not None:
+                kept = self._quarantine(raw, str(ts), sop_class_uid, sop_uid, calling_aet)
+                raise TruncatedDataset(f"truncated: {problem}", kept)
         try:
             header = _header(raw, ts, self._tags, self._wanted)
             missing = [keyword for tag, keyword in _REQUIRED_UIDS.items() if not header.get(tag)]
@@ -276,6 +301,20 @@ class InstanceWriter:
             calling_aet=calling_aet,
             size=len(preamble) + len(raw),
         )
+
+    def _quarantine(
+        self, raw: bytes | memoryview, transfer_syntax: str, sop_class_uid: str, sop_uid: str, calling: str
+    ) -> StoredInstance:
+        """Keep refused bytes as a Part 10 file under QUARANTINE_DIR, named by a random name."""
+        target = self.storage_folder / QUARANTINE_DIR / f"refused-{uuid.uuid4().hex}.dcm"
+        preamble = encode_part10_header(sop_class_uid, sop_uid, transfer_syntax, calling)
+        with atomic_write(target, "wb", temp_dir=self.incoming) as handle:
+            handle.write(preamble)
+            handle.write(raw)
+        return StoredInstance(
+            path=target, study_uid="", series_uid="", sop_uid=sop_uid, sop_class_uid=sop_class_uid,
+            transfer_syntax=transfer_syntax, calling_aet=calling, size=len(preamble) + len(raw),
+        )  # fmt: skip
 
     def handle_c_store(
         self,
@@ -327,6 +366,12 @@ class InstanceWriter:
                 with contextlib.suppress(Exception):
                     on_failed(exc)
             return STATUS_OUT_OF_RESOURCES
+        except TruncatedDataset as exc:
+            log.error("refused an instance from %s: %s; kept in %s", calling, exc, QUARANTINE_DIR)
+            if self.on_quarantined is not None:
+                with contextlib.suppress(Exception):
+                    self.on_quarantined(exc.kept)
+            return STATUS_CANNOT_UNDERSTAND
         except InputError as exc:
             log.error("refused an instance from %s: %s", calling, exc)
             return STATUS_CANNOT_UNDERSTAND

@@ -12,6 +12,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,8 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pymongo import MongoClient
+from pynetdicom import AE
+from pynetdicom.dimse_primitives import C_STORE
 
 from niffler.common.config import load_config
 from niffler.common.deid import KEY_ENV, Pseudonymizer, phi_check
@@ -27,6 +30,7 @@ from niffler.meta_extraction.config import MetaConfig
 from niffler.meta_extraction.index import InstanceIndex
 from niffler.meta_extraction.service import QUARANTINE_FOLDER, MetaService, open_service, read_status
 from niffler.testing.corpus import CorpusSpec, Instance, Scanner, generate_corpus
+from niffler.testing.dicomfiles import dataset_bytes
 from niffler.testing.peers import SecantusServer, free_port, run_dcmtk, storescu, wait_for_port
 from niffler.testing.receiver import FEATURESETS
 
@@ -263,6 +267,71 @@ def test_a_file_extraction_cannot_handle_is_quarantined_and_the_next_one_extract
     assert quarantined[0].exists()
     db = database(secantus, mongo_db_name)
     assert db["featureset"].count_documents({}) == len(expected_series(corpus))
+
+
+def send_raw_c_store(assoc: Any, sop_class: str, sop_uid: str, dataset: bytes) -> int:
+    """Send *dataset* bytes as they are in a C-STORE and return the status (a broken sender).
+
+    pynetdicom's send_c_store encodes a Dataset (and reads a file into one
+    first), so it cannot send a truncated dataset; this builds the request
+    as send_c_store does and hands the bytes over unread.
+    """
+    context = next(cx for cx in assoc.accepted_contexts if cx.abstract_syntax == sop_class)
+    request = C_STORE()
+    request.MessageID = 1
+    request.AffectedSOPClassUID = sop_class
+    request.AffectedSOPInstanceUID = sop_uid
+    request.Priority = 2
+    request.DataSet = BytesIO(dataset)
+    assoc._reactor_checkpoint.clear()
+    while not assoc._is_paused:
+        time.sleep(0.0001)
+    try:
+        assoc.dimse.send_msg(request, context.context_id)
+        _, response = assoc.dimse.get_msg(True)
+    finally:
+        assoc._reactor_checkpoint.set()
+    return int(response.Status)
+
+
+def test_truncated_datasets_are_refused_quarantined_and_counted_failed(
+    meta_factory: Callable[..., MetaService], secantus: SecantusServer, mongo_db_name: str, tmp_path: Path
+) -> None:
+    spec = CorpusSpec(patients=1, studies_per_patient=1, series_per_study=1, instances_per_series=1,
+                      rows=128, columns=128)  # fmt: skip
+    (good,) = generate_corpus(tmp_path / "corpus", spec)
+    ds = pydicom.dcmread(good.path)
+    whole = dataset_bytes(good.path)
+    cuts = {
+        "mid-pixels": whole[: len(whole) - 1000],
+        "mid-header": whole[: whole.index(b"\x10\x00\x10\x00") + 11],  # inside PatientName's value
+    }
+    service = meta_factory()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, pydicom.uid.ExplicitVRLittleEndian)
+    assoc = ae.associate(LOOPBACK, service.port, ae_title="NIFFLER")
+    try:
+        statuses = [
+            send_raw_c_store(assoc, ds.SOPClassUID, f"1.2.3.{n}", cut) for n, cut in enumerate(cuts.values())
+        ]
+        statuses.append(send_raw_c_store(assoc, ds.SOPClassUID, ds.SOPInstanceUID, whole))
+    finally:
+        assoc.release()
+    assert statuses == [0xC210, 0xC210, 0x0000]
+    assert service.wait_idle(30)
+    status = read_status(service.config, None)
+    assert (status["instances_failed"], status["instances_extracted"], status["series_seen"]) == (2, 1, 1)
+    kept = sorted((tmp_path / "data" / QUARANTINE_FOLDER).glob("refused-*.dcm"))
+    # The bytes are kept exactly as received, behind a file meta header.
+    assert {dataset_bytes_after_meta(k) for k in kept} == set(cuts.values())
+    db = database(secantus, mongo_db_name)
+    assert db["featureset"].count_documents({}) == 1
+
+
+def dataset_bytes_after_meta(path: Path) -> bytes:
+    """The bytes after a Part 10 file's meta information (for files too broken for pydicom)."""
+    data = path.read_bytes()
+    return data[132 + 12 + int.from_bytes(data[140:144], "little") :]
 
 
 def test_a_worker_that_dies_stops_the_daemon_with_an_error(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from io import BytesIO
 from pathlib import Path
+from typing import Any
 
 import pydicom.data
 import pytest
@@ -12,7 +13,7 @@ from pydicom.filereader import _read_file_meta_info, read_dataset, read_preamble
 from pydicom.tag import Tag
 from pydicom.uid import UID
 
-from niffler.net.scan import plain_values, scan_elements, scan_raw
+from niffler.net.scan import plain_values, scan_elements, scan_raw, truncation
 from niffler.testing.corpus import CorpusSpec, generate_corpus
 
 WANTED = [Tag(t) for t in (
@@ -151,3 +152,50 @@ def test_undefined_length_sequences_before_the_wanted_tags_are_skipped() -> None
     # A wanted tag inside the sequence's range but at top level only: the nested one is not taken.
     nested = scan_elements(sequence + patient + after, False, [Tag(0x00081150), Tag(0x00100020)])
     assert nested is not None and Tag(0x00081150) not in nested
+
+
+def _dataset_of(path: str) -> tuple[bytes, Any]:
+    raw = Path(path).read_bytes()
+    stream = BytesIO(raw)
+    read_preamble(stream, False)
+    meta = _read_file_meta_info(stream)
+    return raw[stream.tell() :], meta.TransferSyntaxUID
+
+
+def _shipped_files() -> list[str]:
+    folder = Path(pydicom.__file__).parent / "data" / "test_files"
+    out = []
+    for path in sorted(folder.rglob("*.dcm")):
+        try:
+            ts = pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID
+        except Exception:
+            continue
+        if not ts.is_deflated and Path(path).read_bytes()[128:132] == b"DICM":
+            out.append(str(path))
+    return out
+
+
+def test_truncation_passes_every_whole_shipped_file_and_flags_the_truncated_ones() -> None:
+    flagged = {}
+    files = _shipped_files()
+    assert len(files) > 60
+    for path in files:
+        data, ts = _dataset_of(path)
+        problem = truncation(data, ts.is_implicit_VR, ts.is_little_endian)
+        if problem is not None:
+            flagged[Path(path).name] = problem
+    assert set(flagged) == {"rtplan_truncated.dcm", "MR_truncated.dcm"}
+
+
+CUT_FILES = ["CT_small.dcm", "MR_small_RLE.dcm", "JPEG2000.dcm", "rtplan.dcm", "MR_small_bigendian.dcm",
+             "UN_sequence.dcm", "SC_rgb_jpeg.dcm"]  # fmt: skip
+
+
+@pytest.mark.parametrize("name", CUT_FILES)
+def test_a_dataset_cut_inside_an_element_is_truncated(name: str) -> None:
+    data, ts = _dataset_of(str(get_testdata_file(name, download=False)))
+    assert truncation(data, ts.is_implicit_VR, ts.is_little_endian) is None
+    for cut in (len(data) - 1, len(data) - 2, 3):  # in the last value, in the first header
+        problem = truncation(memoryview(data)[:cut], ts.is_implicit_VR, ts.is_little_endian)
+        assert problem is not None, (name, cut)
+        assert "byte" in problem or "never closed" in problem

@@ -11,7 +11,13 @@ from pydicom.filewriter import write_dataset
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from niffler.common.errors import InputError
-from niffler.net.writer import InstanceWriter, encode_part10_header
+from niffler.net.writer import (
+    QUARANTINE_DIR,
+    InstanceWriter,
+    StoredInstance,
+    TruncatedDataset,
+    encode_part10_header,
+)
 from niffler.testing.corpus import CorpusSpec, generate_corpus
 from niffler.testing.dicomfiles import dataset_bytes
 
@@ -77,20 +83,32 @@ def test_implicit_vr_dataset_is_parsed(tmp_path: Path) -> None:
     assert stored.sop_uid == inst.sop_uid and dataset_bytes(stored.path) == raw
 
 
+def test_an_empty_dataset_is_refused_and_leaves_nothing(tmp_path: Path) -> None:
+    writer = InstanceWriter(tmp_path / "store")
+    writer.prepare()
+    with pytest.raises(InputError, match=r"lacks"):
+        writer.write(b"", ExplicitVRLittleEndian, "1.2", "1.3")
+    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
+
+
 @pytest.mark.parametrize(
     "raw",
     [
         b"\x08\x00\x18\x00UI\xff\xff" + b"x" * 10,  # truncated SOPInstanceUID, nothing else
         b"\x00\x01garbage that is not a dataset",
-        b"",
     ],
 )
-def test_unidentifiable_dataset_is_refused_and_leaves_nothing(tmp_path: Path, raw: bytes) -> None:
-    writer = InstanceWriter(tmp_path / "store")
+def test_a_truncated_dataset_is_refused_and_kept_only_in_quarantine(tmp_path: Path, raw: bytes) -> None:
+    kept: list[StoredInstance] = []
+    writer = InstanceWriter(tmp_path / "store", on_quarantined=kept.append)
     writer.prepare()
-    with pytest.raises(InputError, match=r"cannot be parsed|lacks"):
+    assert writer.store(raw, ExplicitVRLittleEndian, "1.2", "1.3", "PEER") == 0xC210
+    files = [p for p in (tmp_path / "store").rglob("*") if p.is_file()]
+    assert [p.parent.name for p in files] == [QUARANTINE_DIR]
+    assert [k.path for k in kept] == files and kept[0].sop_uid == "1.3"
+    assert files[0].read_bytes().endswith(raw)
+    with pytest.raises(TruncatedDataset, match="truncated"):
         writer.write(raw, ExplicitVRLittleEndian, "1.2", "1.3")
-    assert [p for p in (tmp_path / "store").rglob("*") if p.is_file()] == []
 
 
 def test_leftover_temp_files_are_dropped_on_start(tmp_path: Path) -> None:
