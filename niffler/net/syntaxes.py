@@ -25,9 +25,9 @@ For C-GET, Niffler is the requestor and the PACS picks: a PACS that cannot
 transcode can only send an instance in a context whose chosen syntax is the
 instance's own. So for the common image classes (CT, MR, CR, DX, MG, US, US
 multi-frame, SC) :func:`get_contexts` proposes one context per syntax
-family (7), and one context with the whole list for the dose and other SRs,
+family (8), and one context with the whole list for the dose and other SRs,
 key objects, PDFs, presentation states and then pynetdicom's other
-non-retired storage classes, as many as the 128-context limit leaves (70).
+non-retired storage classes, as many as the 128-context limit leaves (62).
 """
 
 from __future__ import annotations
@@ -72,7 +72,8 @@ POLICIES = ("lossless", "uncompressed", "never-lossy")
 _FAMILIES = (
     ("1.2.840.10008.1.2.1", "1.2.840.10008.1.2", "1.2.840.10008.1.2.2", "1.2.840.10008.1.2.1.99"),
     ("1.2.840.10008.1.2.4.90",),
-    ("1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57"),
+    ("1.2.840.10008.1.2.4.70",),  # JPEG Lossless SV1 and process 14 apart: a PACS picks one of a
+    ("1.2.840.10008.1.2.4.57",),  # context's syntaxes by its own order (qrscp then drops the other)
     ("1.2.840.10008.1.2.4.80",),
     ("1.2.840.10008.1.2.5",),
     ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51"),  # JPEG Baseline / Extended (lossy)
