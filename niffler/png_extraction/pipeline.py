@@ -40,7 +40,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, BrokenExecutor, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -96,6 +96,7 @@ REASONS = (
     "deidentification-error",
     "write-error",
     "unexpected-error",
+    "worker-crash",
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _FIXED_COLUMNS = ("instance_key", "png_paths", "frames")
@@ -315,6 +316,8 @@ class Executor(Protocol):
 
     def wait_any(self, futures: set[Any]) -> set[Any]: ...
 
+    def recover(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -334,6 +337,9 @@ class InlineExecutor:
     def wait_any(self, futures: set[Any]) -> set[Any]:
         return set(futures)
 
+    def recover(self) -> None:
+        pass
+
     def close(self) -> None:
         pass
 
@@ -348,11 +354,15 @@ class PoolExecutor:
 
     def __init__(self, workers: int, level: int | None = None) -> None:
         self.workers = workers
-        self._pool = ProcessPoolExecutor(
-            max_workers=workers,
+        self._level = _level(level)
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(
+            max_workers=self.workers,
             mp_context=get_context("spawn"),
             initializer=configure_worker,
-            initargs=(_level(level),),
+            initargs=(self._level,),
         )
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
@@ -361,6 +371,14 @@ class PoolExecutor:
     def wait_any(self, futures: set[Any]) -> set[Any]:
         done, _ = wait(futures, return_when=FIRST_COMPLETED)
         return set(done)
+
+    def recover(self) -> None:
+        """Replace the pool if a worker died (a broken pool refuses every new task)."""
+        try:
+            self._pool.submit(int).result()
+        except BrokenExecutor:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -403,6 +421,18 @@ class BatchSummary:
     def failed_dicom(self) -> int:
         """Failures of files that are DICOM (a non-DICOM file in DICOMHome is not a failed conversion)."""
         return sum(n for reason, n in self.failed.items() if reason != "not-dicom")
+
+
+def _worker_died(exc: BaseException) -> bool:
+    """Whether a batch failed because its worker process died (a crash in a codec, the OOM killer)."""
+    return isinstance(exc, BrokenExecutor) or type(exc).__name__ == "KilledWorker"  # Dask's
+
+
+def _crashed(relpath: str, cause: str) -> FileResult:
+    """The result of a file whose conversion killed the worker process, every time it was tried."""
+    return FileResult(
+        relpath, "", reason="worker-crash", error="the worker process died converting this file", cause=cause
+    )
 
 
 def _batch_function(converter: Converter, relpaths: list[str]) -> list[FileResult]:
@@ -480,21 +510,39 @@ def run_batch(
         handled = 0
         next_log = time.monotonic() + 30
         ref = converter if converter_ref is None else converter_ref
-        in_flight: set[Any] = set()
+        in_flight: dict[Any, tuple[list[str], bool]] = {}  # future -> (its files, ran alone?)
+        #: Files of batches whose worker process died: each is retried with nothing else in flight,
+        #: so the one that kills its worker is known and the others are converted.
+        suspects: list[str] = []
         window = max(2, 4 * executor.workers)
         batches = _pages((e.key for e in ledger.stream(NAMESPACE, State.PENDING)), batch_size)
         try:
             while True:
-                while len(in_flight) < window:
-                    batch = next(batches, None)
-                    if batch is None:
-                        break
-                    in_flight.add(executor.submit(_batch_function, ref, batch))
+                if suspects:
+                    if not in_flight:
+                        suspect = [suspects.pop()]
+                        in_flight[executor.submit(_batch_function, ref, suspect)] = (suspect, True)
+                else:
+                    while len(in_flight) < window:
+                        batch = next(batches, None)
+                        if batch is None:
+                            break
+                        in_flight[executor.submit(_batch_function, ref, batch)] = (batch, False)
                 if not in_flight:
                     break
-                for future in executor.wait_any(in_flight):
-                    in_flight.discard(future)
-                    results: list[FileResult] = future.result()
+                for future in executor.wait_any(set(in_flight)):
+                    batch, alone = in_flight.pop(future)
+                    try:
+                        results: list[FileResult] = future.result()
+                    except Exception as exc:
+                        if not _worker_died(exc):
+                            raise
+                        executor.recover()
+                        if not alone:
+                            suspects.extend(batch)
+                            continue
+                        log.error("a worker process died converting one file; it is listed as worker-crash")
+                        results = [_crashed(batch[0], type(exc).__name__)]
                     _record(ledger, results, summary)
                     _log_failures(results, handled + 1, pending)
                     before, handled = handled, handled + len(results)
@@ -658,6 +706,9 @@ class DaskExecutor:
 
         done, _ = dask_wait(list(futures), return_when="FIRST_COMPLETED")
         return set(done)
+
+    def recover(self) -> None:
+        """Nothing to do: Dask replaces a worker that died."""
 
     def close(self) -> None:
         self._client.close()

@@ -26,6 +26,7 @@ from niffler.png_extraction.config import PngConfig
 from niffler.png_extraction.pipeline import LEDGER_NAME, Converter, InlineExecutor, run, run_batch
 from niffler.png_extraction.render import RenderOptions
 from niffler.testing.corpus import CorpusSpec, generate_corpus
+from niffler.testing.crashing import CrashingConverter
 
 SECRET = "png-test-secret-0123456789"
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "png_extraction.json"
@@ -344,6 +345,31 @@ def test_resume_after_kill_redoes_nothing(tmp_path: Path) -> None:
     first = (out / "metadata.csv").read_bytes()
     subprocess.run(args, env=env, check=True, capture_output=True, timeout=300)
     assert (out / "metadata.csv").read_bytes() == first
+
+
+def test_a_file_that_kills_its_worker_is_listed_and_the_batch_goes_on(tmp_path: Path) -> None:
+    manifest = generate_corpus(tmp_path / "home", CorpusSpec(patients=2, rows=8, columns=8))
+    shutil.copy(manifest[0].path, tmp_path / "home" / "crash-me.dcm")
+    policy = Policy(DeidSettings(), SECRET.encode())
+    out = tmp_path / "out"
+
+    def run_once() -> pipeline.BatchSummary:
+        converter = CrashingConverter(tmp_path / "home", out, policy, RenderOptions(), print_images=False)
+        executor = pipeline.PoolExecutor(2)
+        try:
+            return run_batch(converter, executor, batch_size=4, show_progress=False)
+        finally:
+            executor.close()
+
+    summary = run_once()
+    assert summary.converted == len(manifest)
+    assert summary.failed == {"worker-crash": 1}
+    with open(out / "failures.csv", newline="") as handle:
+        failures = list(csv.DictReader(handle))
+    assert [(Path(f["file"]).name, f["reason"]) for f in failures] == [("crash-me.dcm", "worker-crash")]
+    # A rerun resumes without touching it again: no crash loop.
+    again = run_once()
+    assert (again.converted, again.already_done, sum(again.failed.values())) == (0, len(manifest) + 1, 0)
 
 
 def test_memory_stays_flat_as_the_corpus_grows(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
