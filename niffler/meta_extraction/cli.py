@@ -34,9 +34,32 @@ def load_meta_config(
     if aet or port:
         current = AEAddress.parse(config.QueryAet, "QueryAet")
         config = dataclasses.replace(config, QueryAet=f"{aet or current.title}:{port or current.port}")
-    if config_path is not None and not config.FeaturesetFolder.is_absolute():
-        config = dataclasses.replace(config, FeaturesetFolder=config_path.parent / config.FeaturesetFolder)
+    if not config.FeaturesetFolder.is_absolute():
+        config = dataclasses.replace(config, FeaturesetFolder=_featureset_folder(config, config_path))
     return config
+
+
+def _featureset_folder(config: MetaConfig, config_path: Path | None) -> Path:
+    """Resolve a relative FeaturesetFolder: to the config file's folder; upstream's ``conf/`` if unset.
+
+    Upstream Niffler reads every ``conf/*.txt`` of the folder it runs in, and
+    its ``service/system.json`` names no featureset folder. So when the config
+    does not set FeaturesetFolder, ``./conf`` and ``conf`` beside the config
+    file's folder (upstream's layout) are tried after ``featuresets`` beside it.
+    """
+    base = config_path.parent if config_path is not None else Path.cwd()
+    candidates = [base / config.FeaturesetFolder]
+    if config_path is None or "FeaturesetFolder" not in _file_keys(config_path):
+        candidates += [Path.cwd() / "conf", base.parent / "conf"]
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+def _file_keys(path: Path) -> set[str]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return set()
+    return set(data) if isinstance(data, dict) else set()
 
 
 @click.group(invoke_without_command=True)

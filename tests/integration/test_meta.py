@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -403,6 +404,52 @@ def start_daemon(config: Path, env: dict[str, str], log: Path) -> subprocess.Pop
     port = json.loads(config.read_text())["QueryAet"].split(":")[1]
     wait_for_port(int(port), timeout=30, proc=proc)
     return proc
+
+
+def test_an_upstream_system_json_and_conf_folder_start_niffler_meta_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Upstream runs from modules/meta-extraction with service/system.json and reads conf/*.txt."""
+    module = tmp_path / "Niffler" / "modules" / "meta-extraction"
+    (module / "service").mkdir(parents=True)
+    shutil.copytree(FEATURESETS, module / "conf")
+    port = free_port()
+    system = {  # upstream's file, with its folder and port moved to this test's
+        "DCM4CHEBin": "/opt/dcm4che-5.22.5/bin",
+        "QueryAet": f"RTNIFFLER:{port}",
+        "StorageFolder": str(tmp_path / "niffler-dicom-root"),
+        "FilePath": "{00100020}/{0020000D}/{0020000E}/{00080018}.dcm",
+    }
+    (module / "service" / "system.json").write_text(json.dumps(system))
+    corpus = generate_corpus(tmp_path / "corpus", CorpusSpec(patients=1, studies_per_patient=1))
+    env = {**os.environ, KEY_ENV: SECRET}
+    log = tmp_path / "daemon.log"
+    exe = Path(sys.executable).with_name("niffler-meta")
+    for cwd in (module, Path("/")):  # as upstream runs it, and as systemd does (cwd /)
+        state = tmp_path / f"state-{len(cwd.parts)}"
+        system["StateFolder"] = str(state)  # a new key; the default would land in the cwd
+        (module / "service" / "system.json").write_text(json.dumps(system))
+        with open(log, "ab") as out:
+            daemon = subprocess.Popen([str(exe), "--config", "service/system.json" if cwd == module
+                                       else str(module / "service" / "system.json")],
+                                      cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)  # fmt: skip
+        try:
+            wait_for_port(port, timeout=30, proc=daemon)
+            storescu(port, tmp_path / "corpus", aec="RTNIFFLER")
+            deadline = time.monotonic() + 30
+            config = load_config(MetaConfig, [module / "service" / "system.json"])
+            while time.monotonic() < deadline:
+                figures = read_status(config, None)
+                if figures.get("instances_extracted") == len(corpus):
+                    break
+                time.sleep(0.3)
+            assert figures.get("instances_extracted") == len(corpus), log.read_text()
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            assert daemon.wait(30) == 0
+    text = log.read_text()
+    assert "DCM4CHEBin" in text and "not used by Niffler" in text
+    assert "is not a folder" not in text  # found conf/ both times
 
 
 def test_kill_9_mid_stream_then_restart_and_resend_loses_and_duplicates_nothing(
