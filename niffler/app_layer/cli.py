@@ -24,7 +24,7 @@ from niffler.app_layer.reports import (
     utilization_report,
     write_report,
 )
-from niffler.common.cli import fail_cleanly, logging_options, setup_logging
+from niffler.common.cli import EXIT_CODES_HELP, NifflerGroup, fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.common.errors import InputError, StoreUnavailable
 from niffler.common.store import Store, attach_store, open_store, resolve_uri
@@ -110,7 +110,7 @@ def _scanners(config: AppConfig, scanner_file: str | None) -> list[str]:
     return load_scanner_subset(source) if source else []
 
 
-@click.group()
+@click.group(cls=NifflerGroup, epilog=EXIT_CODES_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="JSON config, e.g. configs/app_layer.json")  # fmt: skip
 @click.option("--mongo-uri", help="mongodb:// URI of the store (overrides MongoURI)")

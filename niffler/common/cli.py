@@ -20,7 +20,30 @@ from niffler import __version__
 from niffler.common.errors import NifflerError
 from niffler.common.logsetup import configure_process, level_for
 
-__all__ = ["fail_cleanly", "logging_options", "setup_logging"]
+__all__ = [
+    "EXIT_CODES_HELP",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_SOME_FAILED",
+    "EXIT_SUCCESS",
+    "NifflerCommand",
+    "NifflerGroup",
+    "fail_cleanly",
+    "logging_options",
+    "setup_logging",
+]
+
+#: The exit codes of every Niffler command.
+EXIT_SUCCESS = 0
+#: A configuration, usage or environment error (bad key, bad option, unreachable peer, full disk).
+EXIT_FAILED = 1
+#: Some rows or files failed, or still fail after a resume.
+EXIT_SOME_FAILED = 2
+EXIT_INTERRUPTED = 130
+EXIT_CODES_HELP = (
+    "Exit codes: 0 all done; 1 configuration, usage or environment error; "
+    "2 some rows or files failed, or still fail after a resume; 130 interrupted."
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -46,6 +69,31 @@ def logging_options(prog_name: str) -> Callable[[F], F]:
     return decorate
 
 
+class _ExitContract:
+    """Make click's own errors follow Niffler's exit codes (click exits 2 on a usage error)."""
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs["standalone_mode"] = False
+        try:
+            return super().main(*args, **kwargs)  # type: ignore[misc]
+        except click.exceptions.Exit as exc:
+            sys.exit(exc.exit_code)
+        except click.Abort:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except click.ClickException as exc:
+            exc.show()
+            sys.exit(EXIT_FAILED)
+
+
+class NifflerCommand(_ExitContract, click.Command):
+    """A click command with Niffler's exit codes (:data:`EXIT_CODES_HELP`)."""
+
+
+class NifflerGroup(_ExitContract, click.Group):
+    """A click group with Niffler's exit codes (:data:`EXIT_CODES_HELP`)."""
+
+
 def fail_cleanly(func: F) -> F:
     """Wrap a click command so NifflerError prints one line and exits non-zero."""
 
@@ -58,6 +106,10 @@ def fail_cleanly(func: F) -> F:
             sys.exit(exc.exit_code)
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
+        except OSError as exc:  # the file system refused: one line, never a traceback
+            where = f": {exc.filename}" if exc.filename else ""
+            click.echo(f"error: {exc.strerror or type(exc).__name__}{where}", err=True)
+            sys.exit(EXIT_FAILED)
 
     return wrapper  # type: ignore[return-value]

@@ -256,11 +256,11 @@ def describe_config(config: Any) -> dict[str, Any]:
 
 
 def log_config(config: Any, logger: logging.Logger | None = None) -> None:
-    """Log the effective config at INFO, one key per line, secrets masked."""
+    """Log the effective config at DEBUG (``-v``), one key per line, secrets masked."""
     target = logger or log
-    target.info("effective config (%s):", type(config).__name__)
+    target.debug("effective config (%s):", type(config).__name__)
     for key, value in describe_config(config).items():
-        target.info("  %s = %s", key, json.dumps(value))
+        target.debug("  %s = %s", key, json.dumps(value))
 
 
 def config_help(model: type[Any]) -> list[tuple[str, str, Any, str]]:

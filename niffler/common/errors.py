@@ -1,7 +1,10 @@
 """The one exception tree of Niffler.
 
 Every error that Niffler raises on purpose derives from :class:`NifflerError`;
-each ``cli.py`` catches it at the edge, prints one line and exits non-zero::
+each ``cli.py`` catches it at the edge, prints one line and exits 1 (the exit
+codes of every command: 0 all done; 1 configuration, usage or environment
+error; 2 some rows or files failed, or still fail after a resume; 130
+interrupted)::
 
     NifflerError
     ├── ConfigError            a config file, key, value or CLI override is wrong
@@ -44,8 +47,6 @@ class NifflerError(Exception):
 
 class ConfigError(NifflerError):
     """A config file, key, value or CLI override is wrong."""
-
-    exit_code = 2
 
 
 class InputError(NifflerError):

@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from niffler.common.cli import fail_cleanly, logging_options, setup_logging
+from niffler.common.cli import EXIT_CODES_HELP, NifflerGroup, fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.common.store import attach_store, resolve_uri
 from niffler.meta_extraction.config import MetaConfig
@@ -62,7 +62,7 @@ def _file_keys(path: Path) -> set[str]:
     return set(data) if isinstance(data, dict) else set()
 
 
-@click.group(invoke_without_command=True)
+@click.group(cls=NifflerGroup, invoke_without_command=True, epilog=EXIT_CODES_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="JSON config, e.g. configs/meta_extraction.json")  # fmt: skip
 @click.option(

@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
-from niffler.common.cli import fail_cleanly, logging_options, setup_logging
+from niffler.common.cli import EXIT_CODES_HELP, NifflerCommand, fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
+from niffler.common.errors import InputError
 from niffler.png_extraction.config import LEVELS, PngConfig
 from niffler.png_extraction.pipeline import run
 from niffler.png_extraction.render import VOI_MODES
@@ -29,7 +30,7 @@ def load_png_config(config_path: Path | None, overrides: dict[str, Any]) -> PngC
     return config
 
 
-@click.command(name="niffler-png")
+@click.command(name="niffler-png", cls=NifflerCommand, epilog=EXIT_CODES_HELP)
 @click.option("--config", "config_path", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="JSON config, e.g. configs/png_extraction.json")  # fmt: skip
 @click.option("--dicom-home", type=click.Path(file_okay=False, path_type=Path), help="overrides DICOMHome")
@@ -77,10 +78,15 @@ def main(
     summary = run(config, fresh=fresh, retry_failed=retry_failed, dask_scheduler=dask_scheduler)
     click.echo(summary.describe(), err=True)
     click.echo(f"output: {config.OutputDirectory}", err=True)
-    if summary.failed_dicom:
+    if not summary.saw_dicom:
+        raise InputError(
+            f"DICOMHome {str(config.DICOMHome)!r} holds no DICOM file ({summary.discovered} file(s) found): "
+            "is it the right folder?"
+        )
+    failing = summary.failed_dicom + summary.failed_earlier
+    if failing:
         click.echo(
-            f"{summary.failed_dicom} DICOM file(s) failed: see failures.csv (it names original files: "
-            "keep it private)",
+            f"{failing} DICOM file(s) failed: see failures.csv (it names original files: keep it private)",
             err=True,
         )
         sys.exit(EXIT_SOME_FAILED)

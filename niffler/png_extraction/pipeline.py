@@ -98,6 +98,10 @@ REASONS = (
     "unexpected-error",
     "worker-crash",
 )
+#: Files Niffler itself writes (niffler-cold's reports, niffler-png's CSVs): never DICOM, never listed.
+NIFFLER_OUTPUTS = frozenset(
+    {"retrieval-report.csv", "cfind-output.csv", "metadata.csv", "mapping.csv", "failures.csv"}
+)
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _FIXED_COLUMNS = ("instance_key", "png_paths", "frames")
 _COMMON_SHARE = 0.9
@@ -281,7 +285,7 @@ def discover(root: Path, depth: int | None = None, exclude: Iterable[Path] = ())
             log.warning("cannot list a folder under DICOMHome (%s); skipped", exc.strerror)
             return
         for entry in entries:
-            if entry.name.startswith("."):
+            if entry.name.startswith(".") or entry.name in NIFFLER_OUTPUTS:
                 continue
             path = Path(entry.path)
             if entry.is_dir(follow_symlinks=False):
@@ -404,6 +408,9 @@ class BatchSummary:
     converted: int = 0
     failed: Counter[str] = field(default_factory=Counter)
     already_done: int = 0
+    #: DICOM files that failed in an earlier run and were not retried: they still fail.
+    failed_earlier: int = 0
+    done_earlier: int = 0
     pngs: int = 0
     seconds: float = 0.0
 
@@ -415,7 +422,14 @@ class BatchSummary:
             f"done or failed in an earlier run: {self.already_done}",
         ]
         lines += [f"failed, {reason}: {count}" for reason, count in sorted(self.failed.items())]
+        if self.failed_earlier:
+            lines.append(f"failed in an earlier run, not retried: {self.failed_earlier} (--retry-failed)")
         return "\n".join(lines)
+
+    @property
+    def saw_dicom(self) -> bool:
+        """Whether any file under DICOMHome was DICOM, in this run or an earlier one."""
+        return bool(self.converted or self.failed_dicom or self.failed_earlier or self.done_earlier)
 
     @property
     def failed_dicom(self) -> int:
@@ -493,9 +507,15 @@ def run_batch(
             ledger.add(NAMESPACE, page)
         if retry_failed:
             log.info("retrying %d failed file(s)", ledger.requeue(NAMESPACE, State.FAILED))
+        summary.failed_earlier = sum(
+            1
+            for entry in ledger.stream(NAMESPACE, State.FAILED)
+            if (entry.detail or {}).get("reason") != "not-dicom"
+        )
         counts = ledger.counts(NAMESPACE)
         summary.discovered = sum(counts.values())
         summary.already_done = counts[State.DONE] + counts[State.FAILED]
+        summary.done_earlier = counts[State.DONE]
         pending = counts[State.PENDING]
         log.info(
             "%d file(s) under DICOMHome: %d to convert, %d done or failed in an earlier run",

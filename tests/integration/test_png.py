@@ -424,3 +424,35 @@ def test_bad_config_and_missing_home_are_clear_errors(tmp_path: Path) -> None:
         [sys.executable, "-m", "niffler.png_extraction", "--config", str(bad)], capture_output=True, text=True
     )
     assert proc.returncode != 0 and "FlattenedToLevel" in proc.stderr
+
+
+def test_exit_codes_follow_the_contract(tmp_path: Path) -> None:
+    """0 all done; 1 configuration, usage or environment error; 2 files failed, also after a resume."""
+    home = tmp_path / "home"
+    generate_corpus(home, CorpusSpec(patients=1, rows=8, columns=8))
+    (home / "broken.dcm").write_bytes(b"\x00" * 128 + b"DICM" + b"\x02\x00\x10\x00UI\x04\x00" + b"1.2\x00")
+    (home / "retrieval-report.csv").write_text("line,status\n")  # niffler-cold's own output: ignored
+    out = tmp_path / "out"
+    first = cli("--dicom-home", home, "--output-directory", out, "--use-processes", "1", check_rc=2)
+    assert "not-dicom" not in first.stderr
+    # Resumed, nothing is retried, and the failure still stands.
+    again = cli("--dicom-home", home, "--output-directory", out, "--use-processes", "1", check_rc=2)
+    assert "failed in an earlier run, not retried: 1" in again.stderr
+    (home / "broken.dcm").unlink()
+    shutil.copy(next(home.rglob("*.dcm")), home / "broken.dcm")
+    cli("--dicom-home", home, "--output-directory", out, "--use-processes", "1", "--retry-failed", check_rc=0)
+    # A mistyped DICOMHome: files, but none DICOM.
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not DICOM")
+    empty = cli("--dicom-home", tmp_path / "notes", "--output-directory", tmp_path / "o2", check_rc=1)
+    assert "holds no DICOM file" in empty.stderr
+    # Usage and configuration errors.
+    assert "No such option" in cli("--no-such-option", check_rc=1).stderr
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"DICOMHom": "x"}')
+    proc = subprocess.run([sys.executable, "-m", "niffler.png_extraction", "--config", str(bad)],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert proc.returncode == 1 and "did you mean 'DICOMHome'" in proc.stderr
+    # An unwritable output: one line, no traceback.
+    blocked = cli("--dicom-home", home, "--output-directory", tmp_path / "bad.json" / "out", check_rc=1)
+    assert blocked.stderr.strip().splitlines()[-1].startswith("error: ") and "Traceback" not in blocked.stderr

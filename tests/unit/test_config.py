@@ -170,6 +170,9 @@ def test_effective_config_masks_secrets(tmp_path: Path, caplog: pytest.LogCaptur
     assert describe_config(cfg)["Password"] == "********"
     with caplog.at_level(logging.INFO):
         log_config(cfg)
+    assert caplog.text == ""  # the effective config is for -v only
+    with caplog.at_level(logging.DEBUG):
+        log_config(cfg)
     assert "hunter2" not in caplog.text and "Password" in caplog.text
 
 
