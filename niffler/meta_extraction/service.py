@@ -133,6 +133,7 @@ class MetaService:
             on_quarantined=self._on_quarantined,
             maximum_associations=config.MaxAssociations,
             transfer_syntax_policy=config.TransferSyntaxPolicy,
+            log_associations=True,
         )
         self._queue: queue.Queue[Arrival] = queue.Queue()
         self._stop = threading.Event()

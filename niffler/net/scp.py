@@ -12,8 +12,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from pynetdicom import AE, evt
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
@@ -23,7 +24,7 @@ from niffler.common.errors import ConfigError
 from niffler.common.filepath import DEFAULT_FILE_PATH
 from niffler.net import accel
 from niffler.net.address import no_delay, validate_ae_title
-from niffler.net.messages import StoreHandler
+from niffler.net.messages import StoreHandler, StoreRequest
 from niffler.net.syntaxes import UNCOMPRESSED, acceptor_order, is_lossy
 from niffler.net.writer import InstanceWriter, StoredInstance, peer_title
 
@@ -81,6 +82,9 @@ class StorageSCP:
         bytes are kept under ``.quarantine/`` in the storage folder.
     transfer_syntax_policy
         ``lossless``, ``uncompressed`` or ``never-lossy`` (see :mod:`niffler.net.syntaxes`).
+    log_associations
+        Log one INFO line per association when it ends (calling AE, instances, MB,
+        seconds, failures); otherwise at DEBUG.
     """
 
     def __init__(
@@ -97,6 +101,7 @@ class StorageSCP:
         on_failed: Callable[[OSError], None] | None = None,
         on_quarantined: Callable[[StoredInstance], None] | None = None,
         transfer_syntax_policy: str = "lossless",
+        log_associations: bool = False,
         maximum_pdu_size: int = DEFAULT_MAX_PDU,
         maximum_associations: int = 16,
         fsync: bool = False,
@@ -118,6 +123,9 @@ class StorageSCP:
         self.accepted_syntaxes = acceptor_order(transfer_syntax_policy)
         self._server: Any = None
         self._lock = threading.Lock()
+        self.log_associations = log_associations
+        #: id(association) -> [calling AE, start, instances, bytes, failures] while it is open.
+        self._sessions: dict[int, list[Any]] = {}
 
     @property
     def port(self) -> int:
@@ -156,7 +164,43 @@ class StorageSCP:
         return contexts
 
     def _on_c_store(self, event: evt.Event) -> int:
-        return self.writer.handle_c_store(event, self.on_stored, self.admit, self.on_failed)
+        status = self.writer.handle_c_store(event, self.on_stored, self.admit, self.on_failed)
+        dataset = cast(BytesIO, getattr(event.request, "DataSet", None) or BytesIO())
+        self._count(event.assoc, status, len(dataset.getbuffer()))
+        return status
+
+    def _counted(self, store: StoreHandler) -> StoreHandler:
+        def serve(assoc: Any, request: StoreRequest) -> int:
+            status = store(assoc, request)
+            self._count(assoc, status, len(request.dataset))
+            return status
+
+        return serve
+
+    def _count(self, assoc: Any, status: int, size: int) -> None:
+        with self._lock:
+            session = self._sessions.get(id(assoc))
+            if session is not None:
+                session[2] += 1
+                session[3] += size
+                session[4] += status != 0
+
+    def _opened(self, event: evt.Event) -> None:
+        with self._lock:
+            self._sessions[id(event.assoc)] = [peer_title(event.assoc) or "?", time.monotonic(), 0, 0, 0]
+
+    def _closed(self, event: evt.Event) -> None:
+        with self._lock:
+            session = self._sessions.pop(id(event.assoc), None)
+        if session is None:
+            return
+        calling, started, instances, size, failures = session
+        how = "aborted" if event.event is evt.EVT_ABORTED else "released"
+        log.log(
+            logging.INFO if self.log_associations else logging.DEBUG,
+            "association from %s %s: %d instance(s), %.1f MB in %.1f s, %d failed",
+            calling, how, instances, size / 1e6, time.monotonic() - started, failures,
+        )  # fmt: skip
 
     def start(self) -> StorageSCP:
         """Start listening in background threads and return self."""
@@ -165,7 +209,7 @@ class StorageSCP:
                 return self
             self.writer.prepare()
             ae = self._build_ae()
-            store = self.writer.store_handler(self.on_stored, self.admit, self.on_failed)
+            store = self._counted(self.writer.store_handler(self.on_stored, self.admit, self.on_failed))
             try:
                 server = accel.start_server(
                     ae,
@@ -175,6 +219,9 @@ class StorageSCP:
                         (evt.EVT_C_STORE, self._on_c_store),
                         (evt.EVT_CONN_OPEN, _accepted, [store]),
                         (evt.EVT_ACCEPTED, _log_lossy),
+                        (evt.EVT_ACCEPTED, self._opened),
+                        (evt.EVT_RELEASED, self._closed),
+                        (evt.EVT_ABORTED, self._closed),
                     ],
                     _SERVER_POLL,
                 )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 import shutil
+import time
 from pathlib import Path
 from typing import Any
 
@@ -261,3 +263,19 @@ def test_niffler_requestor_waits_instead_of_polling_and_delivers_to_dcmtk(
     assert statuses == [0, 0, 0]
     written = {pydicom.dcmread(p).SOPInstanceUID for p in (tmp_path / "dcmtk").iterdir()}
     assert written == {i.sop_uid for i in sent}
+
+
+def test_one_line_per_association_says_who_sent_how_much_and_what_failed(
+    tmp_path: Path, corpus: list[Instance], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = StorageSCP(tmp_path / "in", host=LOOPBACK, log_associations=True)
+    with caplog.at_level(logging.INFO, logger="niffler.net.scp"), server:
+        storescu(server.port, corpus[0].path.parent)
+        deadline = time.monotonic() + 10
+        while "released" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("association from")]
+    size = sum(len(dataset_bytes(i.path)) for i in corpus) / 1e6
+    assert len(lines) == 1, lines
+    expected = rf"association from MODALITY released: 16 instance\(s\), {size:.1f} MB in \d+\.\d s, 0 failed"
+    assert re.fullmatch(expected, lines[0]), lines[0]
