@@ -12,8 +12,9 @@ The guards (house rule: no PHI in a log, at any verbosity):
 - Python warnings raised inside pydicom (an unknown Specific Character Set,
   quoted) are ignored;
 - pydicom's own log records lose their text (that it warned shows at -v);
-- pynetdicom's records lose any SOP Instance UID, any quoted value and any
-  exception text, and with -vv (its INFO) it does not log C-FIND identifiers.
+- pynetdicom's records show only with -v (Niffler's own message says what
+  failed), and lose any SOP Instance UID, any quoted value and any exception
+  text; with -vv (its INFO) it does not log C-FIND identifiers.
 """
 
 from __future__ import annotations
@@ -63,6 +64,10 @@ class _NoValues(logging.Filter):
             record.exc_info = record.exc_text = record.stack_info = None
             return logging.getLogger().isEnabledFor(logging.DEBUG)
         if library == "pynetdicom":
+            if not logging.getLogger().isEnabledFor(logging.DEBUG):
+                # Niffler's own one-line message says what failed (a rejection's reason, a
+                # refused connection, an abort); pynetdicom's records of it are for -v.
+                return False
             if record.exc_info or record.exc_text:
                 kind = type(record.exc_info[1]).__name__ if record.exc_info else "an exception"
                 record.msg, record.args = (

@@ -7,6 +7,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage
 
@@ -159,3 +160,21 @@ def test_pynetdicom_records_lose_sop_instance_uids_even_at_vv() -> None:
     assert "555123" not in logs
     assert "Non-conformant 'Affected SOP Instance UID' value (withheld)" in logs
     assert "Affected SOP Instance UID     : (withheld)" in logs
+
+
+_FOLD = """
+import logging, sys
+from niffler.common.cli import setup_logging
+setup_logging(int(sys.argv[1]), 0)
+logging.getLogger("pynetdicom.assoc").error("Association Rejected by the peer")
+logging.getLogger("niffler.net.scu").error("PACS rejected the association: Called AE title not recognised")
+"""
+
+
+@pytest.mark.parametrize(("verbose", "shown"), [(0, False), (1, True)])
+def test_pynetdicom_errors_fold_into_niffler_s_own_line_unless_verbose(verbose: int, shown: bool) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _FOLD, str(verbose)], capture_output=True, text=True, check=True
+    )
+    assert "Called AE title not recognised" in proc.stderr
+    assert ("Association Rejected by the peer" in proc.stderr) is shown
