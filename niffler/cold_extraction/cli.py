@@ -1,4 +1,4 @@
-"""Console entry point of niffler-cold: retrieve the studies a CSV names from the PACS."""
+"""Console entry point of niffler-cold: retrieve the studies (or series) a CSV names from the PACS."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ def load_cold_config(config_paths: tuple[Path, ...], overrides: dict[str, Any]) 
 @click.pass_context
 @fail_cleanly
 def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> None:
-    """Retrieve every study the CSV names from the PACS (C-FIND, then C-MOVE or C-GET).
+    """Retrieve every study (or series) the CSV names from the PACS (C-FIND, then C-MOVE or C-GET).
 
     Re-running the same command resumes: rows already retrieved are skipped.
     Writes retrieval-report.csv into the storage folder. Exits 0 when every
@@ -103,10 +103,23 @@ def _dry_run(config: ColdConfig, csv_path: Path) -> None:
     mode = config.mode
     for item in read_plan(csv_path, config):
         if isinstance(item, Query):
-            keys = " ".join(f"{k}={v}" for k, v in item.identifiers.items())
-            click.echo(f"line {item.line}: C-FIND STUDY {keys} -> {mode}")
+            click.echo(f"line {item.line}: {_describe_queries(item)} -> {mode}")
         else:
             click.echo(f"line {item.line}: invalid: {item.message}")
+
+
+def _describe_queries(query: Query) -> str:
+    """The C-FINDs a row is resolved with (see :mod:`niffler.cold_extraction.resolve`)."""
+
+    def keys(identifiers: dict[str, str]) -> str:
+        return " ".join(f"{k}={v}" for k, v in identifiers.items())
+
+    if not query.series_level:
+        return f"C-FIND STUDY {keys(query.identifiers)}"
+    studies = query.study_identifiers
+    if set(studies) <= {"StudyInstanceUID"}:
+        return f"C-FIND SERIES {keys(query.identifiers)}"
+    return f"C-FIND STUDY {keys(studies)}, then SERIES {keys(query.series_identifiers)} in each study"
 
 
 @main.command(name="echo")

@@ -1,7 +1,8 @@
-"""The config of niffler-cold: upstream's config.json + system.json keys, unchanged."""
+"""The config of niffler-cold: upstream's config.json + system.json keys, unchanged, and a few new ones."""
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +11,10 @@ from niffler.common.errors import ConfigError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net.address import AEAddress, validate_ae_title
 
-__all__ = ["MODES", "QUERY_ONLY_MODES", "ColdConfig"]
+__all__ = ["ANY_CALLING_AET", "MODES", "QUERY_ONLY_MODES", "ColdConfig"]
+
+#: An AllowedCallingAets entry that lets any calling AE title store to our receiver.
+ANY_CALLING_AET = "*"
 
 #: FilePath sentinels that switch upstream into query-only modes.
 QUERY_ONLY_MODES = ("CFIND-ONLY", "CFIND-DETAILED")
@@ -26,6 +30,15 @@ class ColdConfig:
     SrcAet: str = setting("", "the PACS to query and retrieve from, as AET@host:port")
     QueryAet: str = setting("NIFFLER:4243", "our AE title and the port our Storage SCP listens on, AET:port")
     DestAet: str = setting("", "C-MOVE destination AE title; empty means QueryAet's (our own receiver)")
+    BindAddress: str = setting(
+        "",
+        "interface our receiver listens on; empty: the local address that reaches SrcAet's host "
+        "(127.0.0.1 for a PACS on loopback); 0.0.0.0: every interface",
+    )
+    AllowedCallingAets: list[str] = setting(
+        [],
+        'calling AE titles our receiver accepts besides SrcAet\'s own title; ["*"]: any',
+    )
     NightlyOnly: bool = setting(False, "only retrieve between StartHour and EndHour")
     StartHour: int = setting(19, "hour (0-23) the nightly window opens", minimum=0, maximum=23)
     EndHour: int = setting(7, "hour (0-23) the nightly window closes", minimum=0, maximum=23)
@@ -66,6 +79,15 @@ class ColdConfig:
     )
 
     @property
+    def receiver_calling_aets(self) -> list[str] | None:
+        """The calling AE titles our receiver accepts: SrcAet's title and AllowedCallingAets; None: any."""
+        if ANY_CALLING_AET in self.AllowedCallingAets:
+            return None
+        titles = [AEAddress.parse(self.SrcAet, "SrcAet").title] if self.SrcAet else []
+        titles += [t.strip() for t in self.AllowedCallingAets]
+        return list(dict.fromkeys(titles))
+
+    @property
     def mode(self) -> str:
         """The effective mode: a CFIND-ONLY / CFIND-DETAILED FilePath turns move into it, as upstream."""
         if self.Mode in ("move", "get") and self.FilePath in QUERY_ONLY_MODES:
@@ -78,6 +100,18 @@ class ColdConfig:
         AEAddress.parse(self.QueryAet, "QueryAet")
         if self.DestAet:
             validate_ae_title(self.DestAet, "DestAet")
+        if self.BindAddress.strip():
+            try:
+                ipaddress.ip_address(self.BindAddress.strip())
+            except ValueError:
+                raise ConfigError(
+                    f"BindAddress must be an IP address of this host (or empty), not {self.BindAddress!r}"
+                ) from None
+        if not isinstance(self.AllowedCallingAets, list):
+            raise ConfigError("AllowedCallingAets must be a list of AE titles")
+        for title in self.AllowedCallingAets:
+            if title != ANY_CALLING_AET:
+                validate_ae_title(title, "AllowedCallingAets entry")
         if self.FilePath not in QUERY_ONLY_MODES:
             FileTemplate.parse(self.FilePath)
         elif self.Mode == "get":

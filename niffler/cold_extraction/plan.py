@@ -9,6 +9,11 @@ inference):
   columns are picked by ``FirstAttr``/``FirstIndex``... and
   ``NumberOfQueryAttributes``, and the first row is a header.
 
+A row naming a series-level keyword (:data:`SERIES_KEYS`: SeriesInstanceUID,
+Modality, SeriesNumber, SeriesDescription, BodyPartExamined...) is a
+SERIES-level row: its other keys pick studies and the series keys pick
+series within them (:attr:`Query.series_level`).
+
 StudyDate cells are parsed with ``DateFormat`` and sent as ``YYYYMMDD``; a
 range ``A-B`` (each side in DateFormat) is sent as a DICOM range; a
 StudyMonth is sent as its date range (``20200101-20200131``), one query,
@@ -45,6 +50,7 @@ from niffler.cold_extraction.config import ColdConfig
 from niffler.common.errors import InputError
 
 __all__ = [
+    "SERIES_KEYS",
     "Query",
     "RowError",
     "in_window",
@@ -57,6 +63,37 @@ __all__ = [
 ]
 
 STUDY_MONTH = "StudyMonth"
+#: Keywords that make a row SERIES-level: the attributes PS3.3 places at the
+#: series level (the General Series module, its Performed Procedure Step
+#: summary, and the General Equipment module, which describes the equipment
+#: of a series). A row naming any of them is queried at SERIES level and
+#: retrieves only the matching series; the row's other keys pick the studies.
+#: InstitutionName, though in General Equipment, is left out: PACS index it
+#: per study (Orthanc does), so it stays a study key.
+SERIES_KEYS = frozenset(
+    {
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "Modality",
+        "SeriesDescription",
+        "SeriesDate",
+        "SeriesTime",
+        "BodyPartExamined",
+        "ProtocolName",
+        "Laterality",
+        "OperatorsName",
+        "PerformingPhysicianName",
+        "PerformedProcedureStepID",
+        "PerformedProcedureStepStartDate",
+        "PerformedProcedureStepStartTime",
+        "PerformedProcedureStepDescription",
+        "Manufacturer",
+        "ManufacturerModelName",
+        "StationName",
+        "DeviceSerialNumber",
+        "SoftwareVersions",
+    }
+)
 _WILDCARDS = re.compile(r"[*?\\]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _YEAR = re.compile(r"^(19|20)\d\d$")
@@ -71,13 +108,35 @@ class Query:
 
     @property
     def level(self) -> str:
-        """PATIENT (move all of a patient), STUDY (move one study), or FIND (C-FIND resolves studies)."""
+        """What the row retrieves, for the report.
+
+        SERIES (the series a SERIES-level C-FIND matches, see
+        :data:`SERIES_KEYS`), PATIENT (every study of a patient), STUDY (one
+        study by its UID), or FIND (the studies a STUDY-level C-FIND matches).
+        """
         keys = set(self.identifiers)
+        if keys & SERIES_KEYS:
+            return "SERIES"
         if keys == {"PatientID"}:
             return "PATIENT"
         if keys == {"PatientID", "StudyInstanceUID"} or keys == {"StudyInstanceUID"}:
             return "STUDY"
         return "FIND"
+
+    @property
+    def series_level(self) -> bool:
+        """Whether the row names a series-level key, so it retrieves series rather than whole studies."""
+        return not SERIES_KEYS.isdisjoint(self.identifiers)
+
+    @property
+    def study_identifiers(self) -> dict[str, str]:
+        """The row's patient- and study-level keys: what picks its studies."""
+        return {k: v for k, v in self.identifiers.items() if k not in SERIES_KEYS}
+
+    @property
+    def series_identifiers(self) -> dict[str, str]:
+        """The row's series-level keys: what picks series within its studies."""
+        return {k: v for k, v in self.identifiers.items() if k in SERIES_KEYS}
 
     @property
     def key(self) -> str:

@@ -1,28 +1,26 @@
-"""C-FIND, C-MOVE and C-GET against the PACS, and the truth about what arrived.
+"""C-FIND, C-MOVE and C-GET against the PACS, and the count of what arrived.
 
 A :class:`PacsSession` is one worker's association to the PACS
 (:class:`niffler.net.scu.QueryRetrieveSession`), opened once and reused for
 every row the worker serves (upstream spawned two dcm4che processes, so two
 associations, per row), plus the :class:`Receipts` that count what arrives.
 
-Success is counted, not assumed. A study is retrieved only when its
-C-MOVE/C-GET ends with status 0x0000, no sub-operation failed or warned,
-the instances our Storage SCP wrote for that study equal the PACS's
-completed sub-operations, and, when C-FIND reported
-NumberOfStudyRelatedInstances, that count too (see :func:`verify_transfer`).
-Nothing here logs identifiers: messages name statuses and counts.
+C-FIND matches are de-duplicated by the level's unique key
+(:func:`distinct_matches`): pynetdicom's qrscp, for one, answers a
+STUDY-level C-FIND with one match per instance. Whether a transfer brought
+its target whole is :mod:`niffler.cold_extraction.verdict`'s call. Nothing
+here logs identifiers: messages name statuses and counts.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import threading
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
+from niffler.cold_extraction.verdict import UNIQUE_KEY, Target, Transfer
 from niffler.net.scu import QueryRetrieveSession, RetrievalFailed, describe_status, echo
 from niffler.net.writer import InstanceWriter, StoredInstance
 
@@ -30,17 +28,14 @@ __all__ = [
     "CFIND_DETAILED_KEYS",
     "CFIND_ONLY_KEYS",
     "RESOLVE_KEYS",
+    "SERIES_RESOLVE_KEYS",
     "PacsSession",
     "Receipts",
     "RetrievalFailed",
-    "Study",
-    "Transfer",
     "describe_status",
+    "distinct_matches",
     "echo",
-    "verify_transfer",
 ]
-
-log = logging.getLogger(__name__)
 
 #: Columns of cfind-output.csv in CFIND-ONLY mode (upstream's).
 CFIND_ONLY_KEYS = ("PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDescription")
@@ -56,65 +51,49 @@ CFIND_DETAILED_KEYS = (
     "NumberOfStudyRelatedInstances",
     "AcquisitionDate",
 )
-#: What a retrieval needs back from C-FIND to resolve a row to studies.
+#: What a retrieval needs back from a STUDY-level C-FIND to resolve a row to studies.
 RESOLVE_KEYS = ("PatientID", "StudyInstanceUID", "NumberOfStudyRelatedInstances")
+#: What it needs back from a SERIES-level C-FIND to resolve a row to series.
+SERIES_RESOLVE_KEYS = ("StudyInstanceUID", "SeriesInstanceUID", "NumberOfSeriesRelatedInstances")
 
-@dataclass(frozen=True)
-class Study:
-    """A study a row resolved to, with what C-FIND said about it."""
-
-    uid: str
-    expected: int | None
-    fields: Mapping[str, str]
+Key = tuple[str, str]
 
 
-@dataclass(frozen=True)
-class Transfer:
-    """The end of one C-MOVE / C-GET: final status, sub-operation counts and what we stored."""
+def distinct_matches(matches: Iterable[Mapping[str, str]], key: str) -> list[dict[str, str]]:
+    """One match per value of *key*, in the order first seen.
 
-    status: int
-    completed: int | None
-    failed: int | None
-    warning: int | None
-    received: int | None
-
-
-def verify_transfer(transfer: Transfer, expected: int | None, verb: str = "C-MOVE") -> str | None:
-    """Return why *transfer* did not retrieve the whole study, or None when it did.
-
-    *received* is None when an external AE receives the files (DestAet): then
-    only the PACS's own counts can be checked.
+    A later duplicate fills the fields the first one left empty (one PACS
+    sends a count with one match and not with another). Matches without a
+    *key* value are kept as they are: the run reports them as unusable.
     """
-    if transfer.status != 0x0000:
-        failed = f"; {transfer.failed} sub-operation(s) failed" if transfer.failed else ""
-        return f"{verb} ended with status {describe_status(transfer.status)}{failed}"
-    if transfer.failed or transfer.warning:
-        return (
-            f"{verb} reported Success but {transfer.failed or 0} failed and "
-            f"{transfer.warning or 0} warning sub-operation(s)"
-        )
-    counted = transfer.received is not None and transfer.completed is not None
-    if counted and transfer.received != transfer.completed:
-        return (
-            f"received {transfer.received} instance(s) but the PACS reported "
-            f"{transfer.completed} completed sub-operation(s)"
-        )
-    got = transfer.received if transfer.received is not None else transfer.completed
-    if expected is not None and got is not None and got != expected:
-        return f"retrieved {got} instance(s) but C-FIND reported NumberOfStudyRelatedInstances {expected}"
-    if expected is not None and got is None:
-        return "the PACS reported no sub-operation counts, so the study can not be verified"
-    return None
+    by_uid: dict[str, dict[str, str]] = {}
+    out: list[dict[str, str]] = []
+    for match in matches:
+        uid = (match.get(key) or "").strip()
+        if not uid:
+            out.append(dict(match))
+            continue
+        first = by_uid.get(uid)
+        if first is None:
+            first = by_uid[uid] = dict(match)
+            out.append(first)
+        else:
+            for name, value in match.items():
+                if value and not first.get(name):
+                    first[name] = value
+    return out
 
 
 class Receipts:
-    """Counts the distinct instances our Storage SCP wrote, per study, for :func:`verify_transfer`.
+    """Counts the distinct instances our receiver wrote, per study or series in transfer.
 
-    Shared by the workers of one run. Only studies in transfer are counted:
-    :meth:`exclusive` starts a study's count at zero, serialises two rows
-    that resolve to the same study so each move is counted on its own, and
-    forgets the count when no worker holds the study any more. An instance
-    the PACS sends twice counts once.
+    Shared by the workers of one run; a target is keyed ``(level, uid)``.
+    :meth:`exclusive` holds a target while it is transferred: its count for
+    that transfer (:meth:`count`, which the verdict compares with the PACS's
+    counts) starts at zero, and two rows resolving to the same target are
+    serialised. Alongside, :meth:`arrived` counts the target's distinct
+    instances over every transfer of this run (a list move, then retries),
+    until :meth:`forget` drops them. An instance the PACS sends twice counts once.
 
     It also hears of writes the disk refused (:meth:`on_failed`): when the
     disk is full, :attr:`disk_full` is set so the run stops asking for more.
@@ -122,10 +101,12 @@ class Receipts:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._seen: dict[str, set[str]] = {}
-        #: Per study in transfer: its lock and how many workers hold or wait for it.
-        self._study_locks: dict[str, tuple[threading.Lock, int]] = {}
-        self.instances = 0
+        self._seen: dict[Key, set[str]] = {}
+        self._arrived: dict[Key, set[str]] = {}
+        #: Per target in transfer: its lock and how many workers hold or wait for it.
+        self._locks: dict[Key, tuple[threading.Lock, int]] = {}
+        #: Every instance written, re-deliveries included (for MB/s, not for counts).
+        self.deliveries = 0
         self.bytes = 0
         #: The operating system's reason for the last refused write (no identifiers).
         self.last_failure = ""
@@ -139,47 +120,64 @@ class Receipts:
 
     def on_stored(self, stored: StoredInstance) -> None:
         with self._lock:
-            seen = self._seen.get(stored.study_uid)
-            if seen is not None:
-                seen.add(stored.sop_uid)
-            self.instances += 1
+            for key in (("STUDY", stored.study_uid), ("SERIES", stored.series_uid)):
+                seen = self._seen.get(key)
+                if seen is not None:
+                    seen.add(stored.sop_uid)
+                arrived = self._arrived.get(key)
+                if arrived is not None:
+                    arrived.add(stored.sop_uid)
+            self.deliveries += 1
             self.bytes += stored.size
 
-    def count(self, study_uid: str) -> int:
+    def count(self, key: Key) -> int:
+        """Distinct instances of *key* written during its current transfer."""
         with self._lock:
-            return len(self._seen.get(study_uid, ()))
+            return len(self._seen.get(key, ()))
+
+    def arrived(self, key: Key) -> int:
+        """Distinct instances of *key* written in this run, over all its transfers."""
+        with self._lock:
+            return len(self._arrived.get(key, ()))
+
+    def forget(self, key: Key) -> None:
+        """Drop what :meth:`arrived` remembers of *key* (it is done)."""
+        with self._lock:
+            if key not in self._locks:
+                self._arrived.pop(key, None)
 
     @contextlib.contextmanager
-    def exclusive(self, study_uid: str) -> Iterator[None]:
-        """Hold the study while it is transferred; its count starts again at zero.
+    def exclusive(self, key: Key) -> Iterator[None]:
+        """Hold the target while it is transferred; its count starts again at zero.
 
-        A study's lock is forgotten only when no worker holds or waits for it,
+        A target's lock is forgotten only when no worker holds or waits for it,
         so a third worker can never get a fresh lock while a second still
         waits on the first one's.
         """
         with self._lock:
-            study_lock, users = self._study_locks.get(study_uid, (threading.Lock(), 0))
-            self._study_locks[study_uid] = (study_lock, users + 1)
+            lock, users = self._locks.get(key, (threading.Lock(), 0))
+            self._locks[key] = (lock, users + 1)
+            self._arrived.setdefault(key, set())
         try:
-            with study_lock:
+            with lock:
                 with self._lock:
-                    self._seen[study_uid] = set()
+                    self._seen[key] = set()
                 yield
         finally:
             with self._lock:
-                _, users = self._study_locks[study_uid]
+                _, users = self._locks[key]
                 if users == 1:
-                    del self._study_locks[study_uid]
-                    self._seen.pop(study_uid, None)
+                    del self._locks[key]
+                    self._seen.pop(key, None)
                 else:
-                    self._study_locks[study_uid] = (study_lock, users - 1)
+                    self._locks[key] = (lock, users - 1)
 
     @contextlib.contextmanager
-    def exclusive_all(self, study_uids: Sequence[str]) -> Iterator[None]:
-        """:meth:`exclusive` for several studies, taken in one order so two workers never deadlock."""
+    def exclusive_all(self, keys: Sequence[Key]) -> Iterator[None]:
+        """:meth:`exclusive` for several targets, taken in one order so two workers never deadlock."""
         with contextlib.ExitStack() as stack:
-            for study_uid in sorted(set(study_uids)):
-                stack.enter_context(self.exclusive(study_uid))
+            for key in sorted(set(keys)):
+                stack.enter_context(self.exclusive(key))
             yield
 
 
@@ -213,14 +211,30 @@ class PacsSession(QueryRetrieveSession):
         )
         self.receipts = receipts
 
-    def transfer(self, study_uid: str | Sequence[str]) -> Transfer:
-        """Retrieve one study, or several at once; return how it ended and what we stored."""
-        uids = [study_uid] if isinstance(study_uid, str) else list(study_uid)
-        final = self.retrieve(uids[0] if len(uids) == 1 else uids)
+    def find_distinct(
+        self, identifiers: Mapping[str, str], return_keys: Sequence[str], level: str = "STUDY"
+    ) -> list[dict[str, str]]:
+        """C-FIND at *level*; one match per study (per series at SERIES level)."""
+        return distinct_matches(self.find(identifiers, return_keys, level), UNIQUE_KEY[level])
+
+    def transfer(self, targets: Sequence[Target]) -> Transfer:
+        """Retrieve one target, or several of one level at once; return how it ended and what we stored.
+
+        Several series must be of one study (:func:`~niffler.cold_extraction.verdict.list_groups`).
+        """
+        level = targets[0].level
+        if any(t.level != level for t in targets) or (
+            level == "SERIES" and any(t.study_uid != targets[0].study_uid for t in targets)
+        ):
+            raise ValueError("one transfer retrieves studies, or series of one study")
+        uids = [t.uid for t in targets]
+        final = self.retrieve(
+            uids[0] if len(uids) == 1 else uids, level, targets[0].study_uid if level == "SERIES" else ""
+        )
         return Transfer(
             status=final.status if final.status is not None else 0xC000,
             completed=final.completed,
             failed=final.failed,
             warning=final.warning,
-            received=sum(self.receipts.count(u) for u in uids) if self.receipts is not None else None,
+            received=sum(self.receipts.count(t.key) for t in targets) if self.receipts is not None else None,
         )

@@ -251,10 +251,20 @@ class QueryRetrieveSession:
             )
         return f"{verb}: the PACS sent nothing for {self.timeout:g} s"
 
-    def find(self, identifiers: Mapping[str, str], return_keys: Sequence[str]) -> list[dict[str, str]]:
-        """Return the STUDY-level C-FIND matches of *identifiers*, each as {keyword: text}."""
+    def find(
+        self, identifiers: Mapping[str, str], return_keys: Sequence[str], level: str = "STUDY"
+    ) -> list[dict[str, str]]:
+        """Return the C-FIND matches of *identifiers* at *level*, each as {keyword: text}, as sent.
+
+        *level* is ``STUDY`` or ``SERIES`` (Study Root). At SERIES level the
+        identifier should hold StudyInstanceUID: a value (hierarchical), or
+        empty to match series of any study (relational). Matches are not
+        de-duplicated here: some PACS answer once per instance.
+        """
+        if level not in ("STUDY", "SERIES"):
+            raise ValueError(f"C-FIND level must be STUDY or SERIES, not {level!r}")
         query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
+        query.QueryRetrieveLevel = level
         for keyword in return_keys:
             setattr(query, keyword, "")
         for keyword, value in identifiers.items():
@@ -278,17 +288,31 @@ class QueryRetrieveSession:
             raise RetrievalFailed("C-FIND: pynetdicom's association loop took a response (its issue #875)")
         return matches
 
-    def retrieve(self, study_uid: str | Sequence[str]) -> RetrieveResponse:
-        """C-MOVE (to the move destination) or C-GET one study, or several at once; return the final response.
+    def retrieve(
+        self, uid: str | Sequence[str], level: str = "STUDY", study_uid: str = ""
+    ) -> RetrieveResponse:
+        """C-MOVE (to the move destination) or C-GET studies or series of one study; return the last response.
 
-        Several studies go as one list of StudyInstanceUIDs (PS3.4 C.2.2.2.2,
-        list of UID matching on a unique key), so the PACS opens one
-        association for all of them.
+        At STUDY level *uid* names the studies; at SERIES level it names
+        series of the one study *study_uid* (Study Root: the identifier holds
+        QueryRetrieveLevel=SERIES, StudyInstanceUID and SeriesInstanceUID).
+        Several go as one list of UIDs (PS3.4 C.2.2.2.2, list of UID matching
+        on a unique key), so the PACS opens one association for all of them.
         """
-        uids = [study_uid] if isinstance(study_uid, str) else list(study_uid)
+        uids = [uid] if isinstance(uid, str) else list(uid)
+        if not uids:
+            raise ValueError("nothing to retrieve: no UID given")
         query = Dataset()
-        query.QueryRetrieveLevel = "STUDY"
-        query.StudyInstanceUID = uids[0] if len(uids) == 1 else uids
+        query.QueryRetrieveLevel = level
+        if level == "STUDY":
+            query.StudyInstanceUID = uids[0] if len(uids) == 1 else uids
+        elif level == "SERIES":
+            if not study_uid:
+                raise ValueError("a SERIES-level retrieval needs the series' StudyInstanceUID")
+            query.StudyInstanceUID = study_uid
+            query.SeriesInstanceUID = uids[0] if len(uids) == 1 else uids
+        else:
+            raise ValueError(f"retrieval level must be STUDY or SERIES, not {level!r}")
 
         model = (
             StudyRootQueryRetrieveInformationModelGet

@@ -9,6 +9,7 @@ import pytest
 
 from niffler.cold_extraction.config import ColdConfig
 from niffler.cold_extraction.plan import (
+    SERIES_KEYS,
     Query,
     RowError,
     in_window,
@@ -210,3 +211,38 @@ def test_an_unreadable_csv_names_the_line_not_the_cell(tmp_path: Path) -> None:
         list(read_plan(path, ColdConfig()))
     assert "not UTF-8" in str(caught.value) and MARK not in str(caught.value)
     assert "\\x" not in str(caught.value) and "0xe9" not in str(caught.value)
+
+
+def test_series_keys_are_series_level_keywords_and_make_a_row_series_level(tmp_path: Path) -> None:
+    from pydicom.datadict import tag_for_keyword
+
+    assert all(tag_for_keyword(k) is not None for k in SERIES_KEYS)
+    assert {
+        "SeriesInstanceUID",
+        "Modality",
+        "SeriesNumber",
+        "SeriesDescription",
+        "BodyPartExamined",
+    } <= SERIES_KEYS
+    assert (
+        not {"PatientID", "StudyInstanceUID", "AccessionNumber", "StudyDate", "InstitutionName"} & SERIES_KEYS
+    )
+    out = plan(
+        tmp_path, "PatientID,Modality,SeriesDate\n000123,MR,01/02/2020\n000124,,\n", DateFormat="%m/%d/%Y"
+    )
+    first, second = out
+    assert isinstance(first, Query) and isinstance(second, Query)
+    assert first.identifiers == {"PatientID": "000123", "Modality": "MR", "SeriesDate": "20200102"}
+    assert first.level == "SERIES" and first.series_level
+    assert first.study_identifiers == {"PatientID": "000123"}
+    assert first.series_identifiers == {"Modality": "MR", "SeriesDate": "20200102"}
+    # A row whose series cells are blank retrieves whole studies.
+    assert second.level == "PATIENT" and not second.series_level and second.series_identifiers == {}
+
+
+def test_a_series_uid_row_has_no_study_keys() -> None:
+    query = Query(2, {"SeriesInstanceUID": "1.2.3"})
+    assert query.level == "SERIES" and query.study_identifiers == {}
+    with_study = Query(3, {"StudyInstanceUID": "1.2", "SeriesNumber": "4"})
+    assert with_study.study_identifiers == {"StudyInstanceUID": "1.2"}
+    assert with_study.series_identifiers == {"SeriesNumber": "4"}
