@@ -22,9 +22,12 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DcmqrscpPACS",
     "DcmtkStoreSCP",
     "OrthancPACS",
+    "PynetdicomQRSCP",
     "SecantusServer",
+    "dcmsend",
     "dcmtk_env",
     "free_port",
     "run_dcmtk",
@@ -309,6 +312,213 @@ class DcmtkStoreSCP:
         self.proc = None
 
     def __enter__(self) -> DcmtkStoreSCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+DCMQRSCP_BIN = "/usr/bin/dcmqrscp"
+DCMSEND_BIN = "/usr/bin/dcmsend"
+
+
+def _loopback_destinations(destinations: Mapping[str, tuple[str, str, int]]) -> None:
+    for name, (aet, host, port) in destinations.items():
+        if host != LOOPBACK:
+            raise ValueError(f"move destination {name} ({aet}) must be on {LOOPBACK}, not {host}")
+        if not 0 < port < 65536:
+            raise ValueError(f"move destination {name} ({aet}) has no valid port: {port}")
+
+
+def dcmsend(
+    port: int,
+    files: Sequence[str | Path],
+    aec: str,
+    aet: str = "UPLOADER",
+    timeout: float = 300.0,
+    extra_args: Sequence[str] = (),
+) -> subprocess.CompletedProcess[str]:
+    """Send *files* in whatever transfer syntax they have to 127.0.0.1:*port* with DCMTK dcmsend.
+
+    dcmsend proposes each file's own transfer syntax (plus an uncompressed
+    fallback for lossless ones), so the peer receives the original encoding.
+    It exits non-zero when any file was not stored.
+    """
+    args = [DCMSEND_BIN, "-aet", aet, "-aec", aec, *extra_args, LOOPBACK, str(port)]
+    return run_dcmtk([*args, *map(str, files)], timeout=timeout)
+
+
+@dataclass
+class DcmqrscpPACS:
+    """DCMTK's ``dcmqrscp`` archive (C-FIND, C-MOVE, C-GET, C-STORE) in its own process on loopback.
+
+    *destinations* maps a symbolic name to (AE title, host, port): the
+    HostTable of the config, i.e. the C-MOVE destinations it knows. It never
+    reports NumberOf*Related* counts and cannot transcode a compressed
+    instance. By default it accepts and proposes only the uncompressed
+    syntaxes (Explicit VR Little/Big Endian, Implicit VR Little Endian, one
+    context per storage SOP class), so only uncompressed (or deflated, which
+    dcmsend inflates) instances can be loaded into it. On C-MOVE and C-GET
+    it sends every instance on the first accepted context of its SOP class.
+    Its C-FIND ignores a key below the query level: a STUDY-level query for
+    a SeriesInstanceUID matches every study.
+    *extra_args* are added to its command line (``-xy``: propose JPEG
+    Baseline first in every outgoing context). *association_profiles*, when
+    given, is the text of an ``-xf`` association configuration file;
+    *profile_in* and *profile_out* name its profiles for incoming and
+    outgoing associations.
+    """
+
+    workdir: Path
+    aet: str = "DCMQR"
+    destinations: Mapping[str, tuple[str, str, int]] = field(default_factory=dict)
+    extra_args: Sequence[str] = ()
+    association_profiles: str | None = None
+    profile_in: str = ""
+    profile_out: str = ""
+    max_pdu: int = 16384
+    dicom_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def storage(self) -> Path:
+        """The folder dcmqrscp keeps its instances and ``index.dat`` in."""
+        return self.workdir / "db" / self.aet
+
+    def config_text(self) -> str:
+        """Return the dcmqrscp.cfg for this archive."""
+        hosts = "".join(
+            f"{name} = ({aet}, {host}, {port})\n" for name, (aet, host, port) in self.destinations.items()
+        )
+        return (
+            f"NetworkTCPPort  = {self.dicom_port}\n"
+            f"MaxPDUSize      = {self.max_pdu}\n"
+            "MaxAssociations = 16\n"
+            "HostTable BEGIN\n"
+            f"{hosts}"
+            "HostTable END\n"
+            "VendorTable BEGIN\n"
+            "VendorTable END\n"
+            "AETable BEGIN\n"
+            f"{self.aet}   {self.storage}   RW   (200, 1024mb)   ANY\n"
+            "AETable END\n"
+        )
+
+    def start(self) -> DcmqrscpPACS:
+        _loopback_destinations(self.destinations)
+        if not 0 < len(self.aet) <= 16:
+            raise ValueError(f"AE title {self.aet!r} must be 1 to 16 characters")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.storage.mkdir(parents=True, exist_ok=True)
+        self.dicom_port = self.dicom_port or free_port()
+        cfg = self.workdir / "dcmqrscp.cfg"
+        cfg.write_text(self.config_text())
+        args = [DCMQRSCP_BIN, "-ll", "info", "-c", str(cfg), *self.extra_args]
+        if self.association_profiles is not None:
+            profiles = self.workdir / "assoc.cfg"
+            profiles.write_text(self.association_profiles)
+            args += ["-xf", str(profiles), self.profile_in, self.profile_out]
+        log = open(self.workdir / "dcmqrscp.log", "wb")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [*args, str(self.dicom_port)], stdout=log, stderr=subprocess.STDOUT, env=dcmtk_env()
+        )
+        wait_for_port(self.dicom_port, proc=self.proc)
+        return self
+
+    def upload(self, files: Sequence[Path]) -> None:
+        """Store *files*, each in its own transfer syntax, in the archive with dcmsend."""
+        dcmsend(self.dicom_port, files, aec=self.aet)
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> DcmqrscpPACS:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+@dataclass
+class PynetdicomQRSCP:
+    """pynetdicom's own ``qrscp`` application (C-FIND, C-MOVE, C-GET, C-STORE) on loopback.
+
+    It needs ``sqlalchemy``. *destinations* maps a symbolic name to (AE title,
+    host, port), written as one ini section per C-MOVE destination. It keeps
+    every instance in the transfer syntax it was stored in and, on C-MOVE,
+    proposes one context per (SOP class, stored syntax) with that one syntax.
+    On C-GET it accepts, in each context the requestor proposes, the first
+    syntax of *its* list (Implicit VR Little Endian first). Its C-FIND answers
+    one match per instance at every level (PATIENT, STUDY, SERIES), never
+    returns NumberOf*Related* counts, and refuses (0xA900) an identifier with
+    a key below the query level.
+    """
+
+    workdir: Path
+    aet: str = "QRSCP"
+    destinations: Mapping[str, tuple[str, str, int]] = field(default_factory=dict)
+    max_pdu: int = 16382
+    timeout: float = 30.0
+    dicom_port: int = 0
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def storage(self) -> Path:
+        """The folder qrscp stores its instances in (one file per SOPInstanceUID)."""
+        return self.workdir / "instances"
+
+    def config_text(self) -> str:
+        """Return the qrscp.ini for this archive."""
+        lines = [
+            "[DEFAULT]",
+            f"ae_title: {self.aet}",
+            f"port: {self.dicom_port}",
+            f"max_pdu: {self.max_pdu}",
+            f"acse_timeout: {self.timeout}",
+            f"dimse_timeout: {self.timeout}",
+            f"network_timeout: {self.timeout}",
+            f"bind_address: {LOOPBACK}",
+            f"instance_location: {self.storage}",
+            f"database_location: {self.workdir / 'instances.sqlite'}",
+            "log_identifier: False",
+            "",
+        ]
+        for aet, host, port in self.destinations.values():
+            lines += [f"[{aet}]", f"address: {host}", f"port: {port}", ""]
+        return "\n".join(lines)
+
+    def start(self) -> PynetdicomQRSCP:
+        _loopback_destinations(self.destinations)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.dicom_port = self.dicom_port or free_port()
+        ini = self.workdir / "qrscp.ini"
+        ini.write_text(self.config_text())
+        log = open(self.workdir / "qrscp.log", "wb")  # noqa: SIM115 - lives with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "pynetdicom", "qrscp", "-ll", "info", "-c", str(ini)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=self.workdir,
+        )
+        wait_for_port(self.dicom_port, timeout=30, proc=self.proc)
+        return self
+
+    def upload(self, files: Sequence[Path]) -> None:
+        """Store *files* in the archive with dcmsend, compressed ones in their own transfer syntax.
+
+        ``--decompress-never`` keeps dcmsend from offering a decompressed
+        fallback, which qrscp (accepting the first syntax of *its* list,
+        Implicit VR Little Endian) would otherwise take. Uncompressed files
+        are still stored as Implicit VR Little Endian, deflated ones as deflated.
+        """
+        dcmsend(self.dicom_port, files, aec=self.aet, extra_args=["--decompress-never"])
+
+    def stop(self) -> None:
+        _stop(self.proc)
+        self.proc = None
+
+    def __enter__(self) -> PynetdicomQRSCP:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
