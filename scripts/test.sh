@@ -25,5 +25,6 @@ if [ "$#" -eq 0 ]; then
     # path must give the same results (niffler/net/accel.py).
     echo "== again without the pynetdicom accelerator (NIFFLER_NET_ACCEL=0)"
     NIFFLER_NET_ACCEL=0 run_pytest tests/integration/test_storage_scp.py tests/integration/test_cold.py \
-        tests/integration/test_meta.py tests/integration/test_net_accel.py tests/integration/test_interop.py
+        tests/integration/test_meta.py tests/integration/test_net_accel.py tests/integration/test_interop.py \
+        tests/integration/test_net_failures.py
 fi

@@ -243,8 +243,13 @@ class QueryRetrieveSession:
             raise RetrievalFailed(f"{verb}: {exc}") from None
 
     def _silence(self, assoc: Association, verb: str, waited: float) -> str:
-        """Say why a request got no response: the PACS aborted, or sent nothing in time."""
-        if assoc.is_aborted or assoc.acse.is_aborted() or waited < 0.9 * self.timeout:
+        """Say why a request got no response: the PACS sent nothing in time, or aborted.
+
+        The time waited decides first: when the DIMSE timeout passes,
+        pynetdicom aborts the association itself, so a silent PACS would
+        otherwise be reported as one that aborted.
+        """
+        if waited < 0.9 * self.timeout:
             return (
                 f"{verb}: the PACS aborted the association (a PACS does this to a calling AE title "
                 f"it does not know: is {self.calling_aet!r} configured on it?)"

@@ -1,0 +1,111 @@
+"""The network layer's failure paths, accelerator on and off: a peer that goes silent, one that aborts.
+
+CI runs this file twice (scripts/test.sh: NIFFLER_NET_ACCEL=0 the second time),
+so the accelerator's loops and pynetdicom's stock ones both meet each peer.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import (  # type: ignore[attr-defined]
+    CTImageStorage,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelMove,
+)
+
+from niffler.net import accel
+from niffler.net.address import AEAddress
+from niffler.net.scp import StorageSCP
+from niffler.net.scu import QueryRetrieveSession, RetrievalFailed
+from niffler.testing.corpus import Instance
+from niffler.testing.peers import OrthancPACS, free_port, storescu
+
+LOOPBACK = "127.0.0.1"
+
+
+def _aborting_pacs(port: int) -> AE:
+    """A real pynetdicom Q/R SCP that aborts the association when asked anything."""
+    ae = AE(ae_title="ABORTER")
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelFind)
+    ae.add_supported_context(StudyRootQueryRetrieveInformationModelMove)
+
+    def on_find(event: evt.Event) -> object:
+        event.assoc.abort()
+        yield 0xFF00, None  # never reached the peer
+
+    ae.start_server((LOOPBACK, port), block=False, evt_handlers=[(evt.EVT_C_FIND, on_find)])
+    return ae
+
+
+def test_a_pacs_that_aborts_fails_the_request_with_a_reason_and_the_next_one_reconnects() -> None:
+    port = free_port()
+    ae = _aborting_pacs(port)
+    try:
+        session = QueryRetrieveSession(
+            peer=AEAddress("ABORTER", LOOPBACK, port), calling_aet="NIFFLER", mode="move", timeout=10
+        )
+        for _ in range(2):  # the second call opens a fresh association
+            started = time.monotonic()
+            with pytest.raises(RetrievalFailed, match="aborted the association"):
+                session.find({"PatientID": "1"}, ["StudyInstanceUID"])
+            assert time.monotonic() - started < 5  # told at once, not after the timeout
+        session.close()
+    finally:
+        ae.shutdown()
+
+
+def test_a_pacs_that_goes_silent_fails_the_request_after_the_timeout(tmp_path: Path) -> None:
+    known = {"niffler": ("NIFFLER", LOOPBACK, free_port())}
+    with OrthancPACS(tmp_path / "orthanc", modalities=known) as pacs:
+        session = QueryRetrieveSession(
+            peer=AEAddress("ORTHANC", LOOPBACK, pacs.dicom_port),
+            calling_aet="NIFFLER",
+            mode="move",
+            timeout=2,
+        )
+        assert session.find({"PatientID": "nobody"}, ["StudyInstanceUID"]) == []
+        assert pacs.proc is not None
+        os.kill(pacs.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(RetrievalFailed, match="sent nothing for 2 s"):
+                session.find({"PatientID": "nobody"}, ["StudyInstanceUID"])
+            assert 1.5 < time.monotonic() - started < 10
+        finally:
+            os.kill(pacs.proc.pid, signal.SIGCONT)
+        session.drop()
+
+
+def test_a_sender_that_aborts_mid_store_leaves_the_receiver_serving(
+    tmp_path: Path, corpus: list[Instance]
+) -> None:
+    received: list[object] = []
+    with StorageSCP(tmp_path / "in", host=LOOPBACK, on_stored=received.append) as scp:
+        ae = AE(ae_title="HALFWAY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate(LOOPBACK, scp.port, ae_title="NIFFLER")
+        assert assoc.is_established
+        ds = pydicom.dcmread(corpus[0].path)
+        # pynetdicom's send_c_store can spin forever on an aborted association: a daemon thread.
+        sender = threading.Thread(target=assoc.send_c_store, args=(ds,), daemon=True)
+        sender.start()
+        assoc.abort()  # while or right after the store is in flight
+        sender.join(10)
+        # The receiver goes on: a well-behaved sender's files all arrive.
+        storescu(scp.port, corpus[0].path.parent)
+        deadline = time.monotonic() + 10
+        while len(received) < len(corpus) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    files = (tmp_path / "in").rglob("*.dcm")
+    stored = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID for p in files}
+    assert stored == {i.sop_uid for i in corpus}
+    assert list((tmp_path / "in" / ".niffler-incoming").iterdir()) == []
+    assert accel.describe().startswith("pynetdicom accelerator")
