@@ -203,13 +203,17 @@ _DUMMIES = {
     "IS": "0", "DS": "0", "AE": "ANONYMOUS", "CS": "ANONYMIZED", "UR": "",
 }  # fmt: skip
 _OVERRIDE_ACTIONS = {"keep": "K", "remove": "X", "pseudonymize": "P"}
-#: What a kept DA, TM, DT or AS value may look like (PS3.5 6.2, plus ACR-NEMA's dotted dates and
-#: colon times); anything else is free text in a temporal attribute and is dropped.
+#: What a kept DA, TM, DT, AS, DS or IS value may look like (PS3.5 6.2, plus ACR-NEMA's dotted
+#: dates and colon times); anything else is free text where none belongs and is dropped.
 _VALUE_FORMS = {
     "DA": re.compile(r"\d{8}|\d{4}\.\d{2}\.\d{2}"),
     "TM": re.compile(r"\d{2}(:?\d{2}(:?\d{2}(\.\d{1,6})?)?)?"),
     "DT": re.compile(r"\d{4}(\d{2}(\d{2}(\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?)?)?)?([+-]\d{4})?"),
     "AS": re.compile(r"\d{3}[DWMY]"),
+    # Numbers held as text (pydicom keeps a DS or IS it cannot read as a string): a name in
+    # SliceThickness must not pass as a number.
+    "DS": re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?"),
+    "IS": re.compile(r"[+-]?\d+"),
 }
 _HEX_TAG = re.compile(r"^(?:0x)?([0-9A-Fa-f]{8})$")
 _ITEM = re.compile(r"_\d+_")
@@ -644,7 +648,7 @@ def _flatten(
 
 
 def _well_formed(vr: str, value: Any) -> bool:
-    """False when a date, time, date-time or age holds something else (free text where none belongs)."""
+    """False when a date, time, age or number holds something else (free text where none belongs)."""
     pattern = _VALUE_FORMS.get(vr)
     if pattern is None or value is None:
         return True

@@ -215,7 +215,8 @@ def plain_values(found: dict[int, tuple[str | None, bytes]], implicit: bool) -> 
         if b"\\" in raw:
             return None
         if vr in _DEFAULT_ENCODED_VRS:
-            values[tag] = raw.decode("iso8859").rstrip(" \0")
+            text = raw.decode("iso8859").rstrip(" \0")
+            values[tag] = text.strip() if vr == "UI" else text  # pydicom's UID drops leading spaces too
         elif vr in _TEXT_VRS and b"\x1b" not in raw:
             try:
                 values[tag] = raw.decode(encoding).rstrip("\0 ")
@@ -237,12 +238,12 @@ def decode_uid(raw: bytes) -> str | None:
     """Return one encoded UID value as pydicom reads it, or None when it holds several.
 
     A UID is ASCII padded to even length with a NUL (PS3.5 9.1); pydicom
-    also drops trailing spaces. A backslash separates values, which the
-    callers leave to pydicom.
+    also drops trailing spaces, and its UID class whitespace on both sides.
+    A backslash separates values, which the callers leave to pydicom.
     """
     if b"\\" in raw:
         return None
-    return raw.decode("iso8859").rstrip("\0 ")
+    return raw.decode("iso8859").rstrip("\0 ").strip()
 
 
 def truncation(data: bytes | memoryview, implicit: bool, little_endian: bool = True) -> str | None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import struct
 import uuid
 import zlib
@@ -64,6 +65,9 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 INCOMING_DIR = ".niffler-incoming"
 #: Folder under the storage folder for received bytes that were refused (kept for inspection).
 QUARANTINE_DIR = ".quarantine"
+#: What a UID written into a file's meta header may hold: PS3.5 9.1 asks digits and dots; real
+#: senders break that (letters, leading zeros), which is tolerated, but not non-ASCII or a backslash.
+_UID_TEXT = re.compile(r"[\x21-\x5B\x5D-\x7E]{1,64}")
 #: Bytes of a received dataset parsed first for the attributes Niffler needs.
 _HEADER_PREFIX = 64 * 1024
 
@@ -186,7 +190,7 @@ def _element(tag: int, vr: bytes, value: bytes) -> bytes:
 
 
 def _padded(text: str, pad: bytes) -> bytes:
-    data = text.encode("ascii")
+    data = text.encode("ascii", "replace")  # write() refuses non-ASCII UIDs; quarantine keeps the bytes
     return data + pad if len(data) % 2 else data
 
 
@@ -283,6 +287,9 @@ class InstanceWriter:
             raise InputError(f"received dataset lacks {', '.join(missing)}")
         sop_uid = str(header.get(_SOP_INSTANCE_UID) or sop_uid)
         sop_class_uid = str(header.get(_SOP_CLASS_UID) or sop_class_uid)
+        for keyword, uid in (("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class_uid)):
+            if not _UID_TEXT.fullmatch(uid):
+                raise InputError(f"received dataset's {keyword} is not a UID (64 ASCII characters at most)")
         target = self.template.path_in(self.storage_folder, header)
 
         preamble = encode_part10_header(sop_class_uid, sop_uid, str(ts), calling_aet)
