@@ -22,7 +22,23 @@ characters 8-11 (1-based) are a 4-digit year lose characters 8-9 (the
 century), as upstream did. A C-FIND wildcard (``*`` or ``?``) or a
 backslash in a cell is refused: a hostile or careless cell must not turn
 one row into "every study". Bad rows come back as :class:`RowError` with
-their line number; the run reports and skips them.
+their line number; the run reports and skips them. A row's line
+(:attr:`Query.line`, :attr:`RowError.line`, the report's ``line``) is the
+line of the file it starts on, as in an unreadable file's message: a quoted
+cell may span lines.
+
+A cell must also be what its attribute's VR can carry in a C-FIND
+identifier, checked here so the row is refused by line and column rather
+than failing at the PACS: a UI is digits and dots (at most 64); AE, AS, CS,
+DS, DT, IS, TM and UR values follow their PS3.5 repertoire and length (a CS
+is upper case, a DS a number); a text value (LO, SH, PN, ...) holds only
+characters of the PACS query's character set, Latin-1 (ISO_IR 100) without
+control characters, as :meth:`~niffler.net.scu.QueryRetrieveSession.find`
+declares it when a value is not ASCII. A character outside it would be sent
+as ``?``, a wildcard. Text lengths are not checked: a PACS may hold longer
+values (an 18-character accession) and match them. Attributes with a binary
+VR (US, FL, SQ, OB...) can not be matched on, nor SpecificCharacterSet and
+QueryRetrieveLevel, which Niffler sets.
 
 A message about a bad cell names its line (:attr:`RowError.line`), its
 column (number and keyword) and the rule it breaks, never the cell's value
@@ -45,6 +61,7 @@ from typing import Any
 from pydicom import config as pydicom_config
 from pydicom.datadict import dictionary_VR, tag_for_keyword
 from pydicom.dataelem import DataElement
+from pydicom.valuerep import validate_value
 
 from niffler.cold_extraction.config import ColdConfig
 from niffler.common.errors import InputError
@@ -97,6 +114,23 @@ SERIES_KEYS = frozenset(
 _WILDCARDS = re.compile(r"[*?\\]")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _YEAR = re.compile(r"^(19|20)\d\d$")
+#: Text VRs: any character of the query's character set, Latin-1 (ISO_IR 100) without control characters.
+_TEXT_VRS = frozenset({"LO", "LT", "PN", "SH", "ST", "UC", "UT"})
+_LATIN1_TEXT = re.compile(r"[\x20-\x7e\xa0-\xff]*")
+#: VRs whose repertoire and length pydicom's validators check, and the rule a message states.
+_RULES = {
+    "AE": "printable ASCII, at most 16 characters",
+    "AS": "3 digits and D, W, M or Y",
+    "CS": "upper-case letters, digits, space and underscore, at most 16 characters",
+    "DS": "a decimal number, at most 16 characters",
+    "DT": "a YYYYMMDDHHMMSS.FFFFFF date-time or a range of them",
+    "IS": "an integer, at most 12 characters",
+    "TM": "a HHMMSS.FFFFFF time or a range of them",
+    "UR": "a URI",
+}
+_UI = re.compile(r"[0-9.]{1,64}")
+#: Attributes that shape the query rather than match: Niffler sets them.
+_NOT_KEYS = frozenset({"SpecificCharacterSet", "QueryRetrieveLevel"})
 
 
 @dataclass(frozen=True)
@@ -214,19 +248,39 @@ def _check_value(keyword: str, index: int, value: str) -> str:
 
 
 def _check_vr(keyword: str, index: int, value: str) -> str:
-    """Refuse a value pydicom can not hold as *keyword* (a DS that is no number), as the C-FIND would.
+    """Refuse a value a C-FIND identifier can not carry as *keyword* (see the module's docstring).
 
     Refused here, the row is named by line and column; refused when the
-    C-FIND is built, pydicom's exception quotes the value into the log.
+    C-FIND is built, pydicom's exception quotes the value into the log, and
+    a character the identifier's character set lacks is sent as ``?``.
     """
     tag = tag_for_keyword(keyword)
     if tag is None:
         return value
     vr = dictionary_VR(tag)
+    column = f"(column {index + 1})"
+    if keyword in _NOT_KEYS:
+        raise ValueError(f"{keyword} is not an attribute to match on: Niffler sets it {column}")
+    if vr in _TEXT_VRS:
+        if not _LATIN1_TEXT.fullmatch(value):
+            raise ValueError(
+                f"{keyword} holds characters outside the PACS query's character set, "
+                f"Latin-1 (ISO_IR 100) {column}"
+            )
+    elif vr == "UI":
+        if not _UI.fullmatch(value):
+            raise ValueError(f"{keyword} is not a valid UI value: digits and dots, at most 64 {column}")
+    elif vr in _RULES:
+        try:
+            validate_value(vr, value, pydicom_config.RAISE)
+        except ValueError:  # its message quotes the value
+            raise ValueError(f"{keyword} is not a valid {vr} value: {_RULES[vr]} {column}") from None
+    else:  # binary (US, FL, AT...), SQ, OB...: DA values are parsed, not checked here
+        raise ValueError(f"{keyword} has VR {vr}: Niffler matches text values only {column}")
     try:
         DataElement(tag, vr, value, validation_mode=pydicom_config.IGNORE)
     except Exception:  # whatever pydicom raises, its message may quote the value
-        raise ValueError(f"{keyword} is not a valid {vr} value (column {index + 1})") from None
+        raise ValueError(f"{keyword} is not a valid {vr} value {column}") from None
     return value
 
 
@@ -238,8 +292,19 @@ def _columns_from_header(header: Sequence[str]) -> list[str] | None:
 
 
 def plan_rows(rows: Iterable[Sequence[str]], config: ColdConfig) -> Iterator[Query | RowError]:
-    """Plan every data row of a CSV (the first row is the header); yield a Query or a RowError per row."""
-    iterator = iter(enumerate(rows, start=1))
+    """Plan every data row of a CSV (the first row is the header); yield a Query or a RowError per row.
+
+    Rows are numbered one per line; :func:`read_plan` numbers a file's rows
+    by the line each starts on.
+    """
+    return _plan_records(enumerate(rows, start=1), config)
+
+
+def _plan_records(
+    records: Iterable[tuple[int, Sequence[str]]], config: ColdConfig
+) -> Iterator[Query | RowError]:
+    """Plan (line, row) records, the first the header; each Query or RowError carries its row's line."""
+    iterator = iter(records)
     first = next(iterator, None)
     if first is None:
         return
@@ -296,24 +361,46 @@ def _identifiers(row: Sequence[str], picks: list[tuple[str, int]], config: ColdC
     return out
 
 
+class _Records:
+    """A csv reader's records, each with the line of the file it starts on (a quoted cell may span lines).
+
+    :attr:`start` is the line the record being read starts on, for the
+    message of a record that can not be read.
+    """
+
+    def __init__(self, reader: Any) -> None:
+        self.reader = reader
+        self.start = 1
+
+    def __iter__(self) -> Iterator[tuple[int, list[str]]]:
+        for row in self.reader:
+            yield self.start, row
+            self.start = self.reader.line_num + 1
+
+
 def read_plan(path: Path, config: ColdConfig) -> Iterator[Query | RowError]:
-    """Plan a CSV file; raise InputError if it can not be read at all."""
+    """Plan a CSV file; raise InputError if it can not be read at all.
+
+    Each row, and the message of a record that can not be read, is named by
+    the line of the file it starts on.
+    """
     if not path.is_file():
         raise InputError(f"the CSV {path} does not exist or is not a file")
-    reader: Any = None
+    records: _Records | None = None
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            reader = csv.reader(handle)
-            yield from plan_rows(reader, config)
+            records = _Records(csv.reader(handle))
+            yield from _plan_records(records, config)
     except OSError as exc:
         raise InputError(f"cannot read the CSV {path}: {exc.strerror}") from None
     except csv.Error as exc:
         # The csv module's messages are its own fixed texts ("line contains NUL",
         # "field larger than field limit (131072)"), never a cell.
-        raise InputError(f"{path}: line {reader.line_num} is not readable CSV ({exc})") from None
+        line = records.start if records is not None else 1
+        raise InputError(f"{path}: line {line} is not readable CSV ({exc})") from None
     except UnicodeDecodeError as exc:
         # Its str() quotes the offending byte; the reason alone ("invalid start byte") does not.
-        line = (reader.line_num if reader is not None else 0) + 1
+        line = records.start if records is not None else 1
         raise InputError(f"{path}: not UTF-8 text, at or after line {line} ({exc.reason})") from None
 
 

@@ -4,8 +4,12 @@ Every writer of an output file goes through :func:`atomic_write`: write to a
 temp name (beside the target, or in *temp_dir* on the same filesystem, so
 the rename is atomic), optionally fsync, rename into place, and remove the
 temp file on any error, so a failed or interrupted write leaves no ``.part``
-behind. Missing folders are created only when an open or rename finds them
-missing: no extra system call per file on the receive path.
+behind. The temp name is ``.<name>.<pid>.<8 hex>.part``, hidden and ending in
+``.part`` (what :meth:`~niffler.net.writer.InstanceWriter.prepare` sweeps),
+with ``<name>`` cut so the whole fits in :data:`NAME_MAX` bytes: a target
+name that fits the filesystem always has a temp name that does. Missing
+folders are created only when an open or rename finds them missing: no extra
+system call per file on the receive path.
 """
 
 from __future__ import annotations
@@ -17,7 +21,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_write", "write_bytes_atomic"]
+__all__ = ["NAME_MAX", "atomic_write", "temp_name", "write_bytes_atomic"]
+
+#: Longest file name (in bytes) most filesystems allow.
+NAME_MAX = 255
+
+
+def temp_name(name: str) -> str:
+    """Return a fresh temp name for the target file *name*, at most :data:`NAME_MAX` bytes.
+
+    ``.<name>.<pid>.<8 hex>.part``: the pid and random hex make it unique; a
+    long *name* is cut (at a character boundary) to leave room for them.
+    """
+    tail = f".{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+    raw = os.fsencode(name)
+    room = NAME_MAX - 1 - len(tail)
+    if len(raw) > room:
+        while room and raw[room] & 0xC0 == 0x80:  # do not cut a UTF-8 character in two
+            room -= 1
+        name = os.fsdecode(raw[:room])
+    return f".{name}{tail}"
 
 
 def _open(temp: Path, mode: str, encoding: str | None, newline: str | None) -> IO[Any]:
@@ -45,7 +68,7 @@ def atomic_write(
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_write mode must be 'w' or 'wb', not {mode!r}")
     folder = temp_dir if temp_dir is not None else path.parent
-    temp = folder / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.part"
+    temp = folder / temp_name(path.name)
     try:
         try:
             handle = _open(temp, mode, encoding, newline)

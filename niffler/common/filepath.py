@@ -7,7 +7,12 @@ PatientID of ``../../etc`` is legal DICOM), so every rendered component is made
 safe: empty values become ``UNKNOWN``, path separators, control characters and
 anything outside a portable set become ``_``, leading dots are escaped, and
 over-long values are shortened with a digest suffix so distinct values stay
-distinct. :meth:`FileTemplate.path_in` then checks that the result stays
+distinct. A component holding several values (``{PatientID}_{SOPInstanceUID}.dcm``)
+is capped as a whole at :data:`NAME_MAX` bytes of UTF-8, the same way: a
+prefix, a digest of the whole component, and its extension. (The atomic
+writer's temp name is bounded on its own: see :mod:`niffler.common.atomic`.)
+A template holding a control character (a NUL no path can hold) is refused
+when parsed. :meth:`FileTemplate.path_in` then checks that the result stays
 inside the storage folder, whatever the template or the data.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -29,13 +35,18 @@ from niffler.common.errors import TemplateError
 __all__ = [
     "DEFAULT_FILE_PATH",
     "FileTemplate",
+    "fit_component",
     "safe_component",
 ]
 
 #: Upstream Niffler's default (the storescp pattern of dcm4che).
 DEFAULT_FILE_PATH = "{00100020}/{0020000D}/{0020000E}/{00080018}.dcm"
-#: Longest path component Niffler writes; most filesystems allow 255 bytes.
+#: Longest value (in characters) one placeholder renders to: LO and UI values hold 64.
 MAX_COMPONENT = 64
+#: Longest path component (in bytes) Niffler writes: most filesystems' NAME_MAX.
+NAME_MAX = 255
+#: Longest extension :func:`fit_component` keeps when it shortens a component.
+_MAX_EXTENSION = 16
 EMPTY_VALUE = "UNKNOWN"
 
 _PLACEHOLDER = re.compile(r"\{([^{}]*)\}")
@@ -65,6 +76,32 @@ def safe_component(value: Any) -> str:
     return text
 
 
+def fit_component(component: str, limit: int = NAME_MAX) -> str:
+    """Return *component* if its UTF-8 form fits in *limit* bytes, else a shortened one that does.
+
+    The short form keeps a prefix, then ``-`` and a digest of the whole
+    component (two long names differing only past the prefix stay distinct),
+    then the component's extension (``.dcm``) if it has a short one.
+    """
+    data = component.encode("utf-8")  # no lone surrogate: parse refuses them, values are ASCII
+    if len(data) <= limit:
+        return component
+    digest = hashlib.sha256(data).hexdigest()[:16]
+    stem, dot, extension = component.rpartition(".")
+    suffix = f".{extension}" if dot and stem and len(extension.encode("utf-8")) <= _MAX_EXTENSION else ""
+    room = limit - len(f"-{digest}{suffix}".encode())
+    prefix = data[:room].decode("utf-8", "ignore")  # a character cut in two is dropped
+    return f"{prefix}-{digest}{suffix}"
+
+
+def _control_character(template: str) -> int | None:
+    """The position (1-based) of the first control character or lone surrogate in *template*."""
+    for position, char in enumerate(template, start=1):
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            return position
+    return None
+
+
 def _parse_tag(name: str, template: str) -> BaseTag:
     key = name.strip()
     if re.fullmatch(r"[0-9A-Fa-f]{8}", key):
@@ -90,6 +127,12 @@ class FileTemplate:
         """Return the parsed *template*, or raise TemplateError saying what is wrong."""
         if not template or not template.strip():
             raise TemplateError("FilePath template is empty")
+        position = _control_character(template)
+        if position is not None:
+            raise TemplateError(
+                f"FilePath template {template!r} holds a control character (character {position}): "
+                "no file name can hold it"
+            )
         if template.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", template):
             raise TemplateError(f"FilePath template {template!r} must be relative")
         literal = _PLACEHOLDER.sub("x", template)
@@ -115,8 +158,8 @@ class FileTemplate:
                 continue
             tag = self.tags[i // 2]
             out.append(safe_component(_value_of(values, tag)))
-        rendered = PurePosixPath("".join(out).replace("\\", "/"))
-        return rendered
+        components = "".join(out).replace("\\", "/").split("/")
+        return PurePosixPath(*(fit_component(c) for c in components if c))
 
     def path_in(self, root: str | Path, values: Any) -> Path:
         """Return the absolute path of the rendered template under *root*.

@@ -265,10 +265,18 @@ class QueryRetrieveSession:
         identifier should hold StudyInstanceUID: a value (hierarchical), or
         empty to match series of any study (relational). Matches are not
         de-duplicated here: some PACS answer once per instance.
+
+        An identifier whose values are all ASCII goes as it always did, in the
+        default character set; one with a value beyond ASCII declares
+        SpecificCharacterSet ``ISO_IR 100`` (Latin-1), the set the planner
+        (:mod:`niffler.cold_extraction.plan`) holds text cells to, so no
+        character is sent as ``?``, a C-FIND wildcard.
         """
         if level not in ("STUDY", "SERIES"):
             raise ValueError(f"C-FIND level must be STUDY or SERIES, not {level!r}")
         query = Dataset()
+        if not all(value.isascii() for value in identifiers.values()):
+            query.SpecificCharacterSet = "ISO_IR 100"
         query.QueryRetrieveLevel = level
         for keyword in return_keys:
             setattr(query, keyword, "")

@@ -141,6 +141,16 @@ MARK = "ZQ7MARK"  # in every bad cell below; no message may carry it
         # A value pydicom can not hold as its VR: building the C-FIND would raise, quoting it.
         (f"PatientID,PatientWeight\n1,{MARK}\n", {}, 2, "PatientWeight", 2),
         (f"NumberOfStudyRelatedInstances,PatientID\n{MARK},1\n", {}, 2, "NumberOfStudyRelatedInstances", 1),
+        # A character the C-FIND's character set (Latin-1) lacks: it would go as "?", a wildcard.
+        (f"PatientID,AccessionNumber\n{MARK}\u0100,A\n", {}, 2, "PatientID", 1),
+        (f"PatientID,PatientName\n1,{MARK}\u6f22\n", {}, 2, "PatientName", 2),
+        # A UID that is not digits and dots, or is longer than 64; a CS that is not upper case.
+        (f"PatientID,StudyInstanceUID\n1,1.2.{MARK}\n", {}, 2, "StudyInstanceUID", 2),
+        (f"SeriesInstanceUID\n{'1.2' * 30}{MARK}\n", {}, 2, "SeriesInstanceUID", 1),
+        (f"PatientID,Modality\n1,mr{MARK}\n", {}, 2, "Modality", 2),
+        # An attribute a C-FIND can not match a text cell on, or one Niffler sets.
+        (f"PatientID,Rows\n1,{MARK}\n", {}, 2, "Rows", 2),
+        (f"PatientID,SpecificCharacterSet\n1,{MARK}\n", {}, 2, "SpecificCharacterSet", 2),
         # No value to match on: the marker sits in a column that is not queried.
         (f"PatientID,,AccessionNumber\n,{MARK},\n", {}, 2, "AccessionNumber", 3),
     ],
@@ -177,7 +187,9 @@ def test_the_rule_broken_is_named(tmp_path: Path) -> None:
     weight = plan(tmp_path, "PatientID,PatientWeight\n1,72.5\n2,heavy\n")
     assert weight == [
         Query(2, {"PatientID": "1", "PatientWeight": "72.5"}),
-        RowError(3, "PatientWeight is not a valid DS value (column 2)"),
+        RowError(
+            3, "PatientWeight is not a valid DS value: a decimal number, at most 16 characters (column 2)"
+        ),
     ]
     empty = plan(tmp_path, "PatientID,,AccessionNumber\n,x,\n")
     assert empty == [
@@ -246,3 +258,68 @@ def test_a_series_uid_row_has_no_study_keys() -> None:
     with_study = Query(3, {"StudyInstanceUID": "1.2", "SeriesNumber": "4"})
     assert with_study.study_identifiers == {"StudyInstanceUID": "1.2"}
     assert with_study.series_identifiers == {"SeriesNumber": "4"}
+
+
+def test_a_cell_outside_the_query_character_set_is_refused_by_rule(tmp_path: Path) -> None:
+    text = "PatientID,PatientName,StudyInstanceUID\n\u0100,,\n1,M\u00fcller^J\u00f6rg,\n2,,1.2.\u0663\n"
+    out = plan(tmp_path, text)
+    assert out[0] == RowError(
+        2,
+        "PatientID holds characters outside the PACS query's character set, Latin-1 (ISO_IR 100) (column 1)",
+    )
+    assert out[1] == Query(3, {"PatientID": "1", "PatientName": "M\u00fcller^J\u00f6rg"})  # Latin-1: kept
+    assert out[2] == RowError(
+        4, "StudyInstanceUID is not a valid UI value: digits and dots, at most 64 (column 3)"
+    )  # an Arabic-Indic digit is a digit to Python, not to DICOM
+
+
+def test_a_latin1_query_is_sent_declaring_its_character_set() -> None:
+    """QueryRetrieveSession.find declares ISO_IR 100 when a value is not ASCII, and only then."""
+    import io
+    import warnings
+    from collections.abc import Iterator
+    from typing import Any
+
+    from pydicom.dataset import Dataset
+    from pynetdicom.dsutils import decode, encode
+
+    from niffler.net.address import AEAddress
+    from niffler.net.scu import QueryRetrieveSession
+
+    sent: list[Dataset] = []
+
+    class Association:
+        ident = 0
+
+        def send_c_find(self, query: Dataset, model: object) -> Iterator[tuple[Dataset, None]]:
+            sent.append(query)
+            status = Dataset()
+            status.Status = 0x0000
+            yield status, None
+
+    session = QueryRetrieveSession(
+        peer=AEAddress.parse("PACS@127.0.0.1:104", "x"), calling_aet="NIFFLER", mode="move", timeout=5
+    )
+    session._association = lambda: Association()  # type: ignore[assignment,method-assign,return-value]
+    session.find({"PatientID": "1", "PatientName": "M\u00fcller"}, ["StudyInstanceUID"])
+    session.find({"PatientID": "1"}, ["StudyInstanceUID"])
+    latin1, ascii_only = sent
+    assert latin1.SpecificCharacterSet == "ISO_IR 100" and "SpecificCharacterSet" not in ascii_only
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "could not encode: replaced with ?" warning
+        raw: Any = encode(latin1, True, True)
+    assert b"M\xfcller" in raw
+    assert str(decode(io.BytesIO(raw), True, True).PatientName) == "M\u00fcller"
+
+
+def test_a_row_is_named_by_the_line_it_starts_on(tmp_path: Path) -> None:
+    """A quoted cell spanning lines: later rows keep the file's line numbers, as an unreadable row does."""
+    out = plan(tmp_path, 'PatientID,AccessionNumber\n"1\n2",A\n3,B*\n\n4,C\n')
+    assert [item.line for item in out] == [2, 4, 5, 6]
+    assert isinstance(out[0], RowError) and "control character" in out[0].message
+    assert isinstance(out[1], RowError) and "wildcard" in out[1].message
+    assert out[2] == RowError(5, "blank row") and out[3] == Query(
+        6, {"PatientID": "4", "AccessionNumber": "C"}
+    )
+    with pytest.raises(InputError, match=r"line 4 is not readable CSV \(field larger than field limit"):
+        plan(tmp_path, 'PatientID\n"1\n2"\n"3\n' + "4" * 140_000 + '"\n')  # the row starting on line 4

@@ -118,6 +118,40 @@ def test_palette_colour_through_its_tables() -> None:
     assert out8.tolist() == [[[0, 255, 0], [255, 0, 128]]]
 
 
+def test_palette_colour_without_its_tables_is_unsupported() -> None:
+    ds = Dataset()
+    ds.PhotometricInterpretation = "PALETTE COLOR"
+    ds.SamplesPerPixel = 1
+    with pytest.raises(UnsupportedImage, match="PALETTE COLOR without its lookup tables"):
+        render_frame(np.array([[0, 1]], np.uint8), ds, RenderOptions())
+    ds.RedPaletteColorLookupTableDescriptor = [2, 0, 16]  # a descriptor, no data
+    ds.RedPaletteColorLookupTableData = np.array([0, 1], "<u2").tobytes()
+    with pytest.raises(UnsupportedImage, match="without its lookup tables"):
+        render_frame(np.array([[0, 1]], np.uint8), ds, RenderOptions())
+
+
+def test_a_ds_with_an_empty_first_value_counts_as_absent() -> None:
+    """pydicom reads ``\\40`` as ['', 40]: no rescale, no window (min-max), never float('')."""
+    pixels = np.array([[0, 100]], np.uint16)
+    windowed = render_frame(pixels, grey(WindowCenter="40", WindowWidth="400"), RenderOptions())
+    assert windowed.tolist() == [[102, 166]]  # 0 -> 0.401, 100 -> 0.652 of 255
+    for keyword in ("RescaleSlope", "RescaleIntercept"):
+        ds = grey(WindowCenter="40", WindowWidth="400")
+        setattr(ds, keyword, ["", "40"])
+        assert render_frame(pixels, ds, RenderOptions()).tolist() == [[102, 166]], keyword
+    for center, width in ((["", "40"], "400"), ("40", ["", "400"])):
+        ds = grey(WindowCenter=center, WindowWidth=width)
+        assert render_frame(pixels, ds, RenderOptions()).tolist() == [[0, 255]], (center, width)
+    # A functional group's window without a center: the top-level window applies.
+    group = Dataset()
+    group.FrameVOILUTSequence = [Dataset()]
+    group.FrameVOILUTSequence[0].WindowCenter = ["", "500"]
+    group.FrameVOILUTSequence[0].WindowWidth = "100"
+    ds = grey(WindowCenter="40", WindowWidth="400")
+    ds.SharedFunctionalGroupsSequence = [group]
+    assert render_frame(pixels, ds, RenderOptions()).tolist() == [[102, 166]]
+
+
 def test_rgb_passes_through_and_scales() -> None:
     ds = Dataset()
     ds.PhotometricInterpretation = "RGB"
