@@ -164,7 +164,9 @@ def _header_values(header: Dataset) -> dict[int, Any]:
     A UID is ASCII with an optional trailing NUL or space (PS3.5 9.1), which
     is all pydicom's conversion does for one; going through its element
     machinery for the four UIDs of every received instance cost as much as
-    finding them.
+    finding them. A value pydicom cannot decode (a name in ISO 2022 IR 87 that
+    trips its decoder) is None: the template renders it as missing, and the
+    instance is stored rather than refused.
     """
     values: dict[int, Any] = {}
     for tag in list(header.keys()):
@@ -177,7 +179,13 @@ def _header_values(header: Dataset) -> dict[int, Any]:
             if isinstance(raw, RawDataElement) and is_ui and isinstance(data, bytes)
             else None
         )
-        values[tag] = uid if uid is not None else header[tag].value
+        if uid is not None:
+            values[tag] = uid
+            continue
+        try:
+            values[tag] = header[tag].value
+        except Exception:  # a value pydicom cannot decode is missing, not a reason to lose the file
+            values[tag] = None
     return values
 
 
