@@ -13,7 +13,7 @@ from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, ColdConfig
 from niffler.cold_extraction.plan import Query, read_plan
 from niffler.cold_extraction.retrieve import echo
 from niffler.cold_extraction.run import ColdRun
-from niffler.common.cli import fail_cleanly, logging_options, setup_logging
+from niffler.common.cli import EXIT_CODES_HELP, NifflerGroup, fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
 from niffler.common.errors import ConfigError, InputError
 from niffler.net.address import AEAddress
@@ -34,7 +34,7 @@ def load_cold_config(config_paths: tuple[Path, ...], overrides: dict[str, Any]) 
     return config
 
 
-@click.group(name="niffler-cold", invoke_without_command=True)
+@click.group(name="niffler-cold", cls=NifflerGroup, invoke_without_command=True, epilog=EXIT_CODES_HELP)
 @click.option("--config", "config_paths", multiple=True,
               type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="JSON config (repeat for upstream's config.json + system.json)")  # fmt: skip
@@ -79,7 +79,8 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
         raise InputError("no CSV given: pass --csv FILE or set CsvFile")
     csv_path = Path(config.CsvFile)
     if options["dry_run"]:
-        _dry_run(config, csv_path)
+        if _dry_run(config, csv_path):
+            sys.exit(EXIT_ROWS_FAILED)  # invalid rows: the same verdict a real run would give
         return
     log_config(config)
     signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finish the report, keep the ledger
@@ -98,14 +99,17 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _dry_run(config: ColdConfig, csv_path: Path) -> None:
-    """Print each row's plan: line, how it is served, and the C-FIND identifiers."""
+def _dry_run(config: ColdConfig, csv_path: Path) -> int:
+    """Print each row's plan: line, how it is served, and the C-FIND identifiers; return the invalid rows."""
     mode = config.mode
+    invalid = 0
     for item in read_plan(csv_path, config):
         if isinstance(item, Query):
             click.echo(f"line {item.line}: {_describe_queries(item)} -> {mode}")
         else:
+            invalid += 1
             click.echo(f"line {item.line}: invalid: {item.message}")
+    return invalid
 
 
 def _describe_queries(query: Query) -> str:

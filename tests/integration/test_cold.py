@@ -617,7 +617,7 @@ def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
     table = tmp_path / "rows.csv"
     table.write_text("PatientID,StudyMonth\n000001,202002\n,x\n")
     result = CliRunner().invoke(main, ["--config", str(config), "--csv", str(table), "--dry-run"])
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output  # an invalid row: the verdict a real run would give
     assert "line 2: C-FIND STUDY PatientID=000001 StudyDate=20200201-20200229 -> move" in result.output
     assert "line 3: invalid: StudyMonth must be YYYYMM" in result.output
     assert not (tmp_path / "s").exists()
