@@ -9,7 +9,7 @@ venv="${NIFFLER_VENV:-$root/.venv}"
 
 need_apt=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
-command -v storescu >/dev/null 2>&1 || need_apt+=(dcmtk)
+[ -x /usr/bin/storescu ] || need_apt+=(dcmtk)  # not command -v: the venv has pynetdicom's storescu
 if [ "${#need_apt[@]}" -gt 0 ]; then
     sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)

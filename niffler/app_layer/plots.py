@@ -3,6 +3,14 @@
 matplotlib (the Agg backend: no display needed) writes PNG; for ``.html``
 the same figure is embedded as a base64 PNG in a small self-contained page
 with the report's table, so it opens anywhere without a server or scripts.
+
+The timeline's time axis fits the day's activity (:func:`time_axis`): from
+a little before the first encounter to a little after the last one, ticked
+at a round step labelled as clock times, so a morning of exams from 08:00
+to 10:00 fills the width instead of being a sliver of a 24-hour axis. When
+the lanes' activity fits in 24 hours but crosses midnight (an evening and
+the night after it), the lanes share one time line, the next day's times
+marked ``+1d``.
 """
 
 from __future__ import annotations
@@ -10,6 +18,8 @@ from __future__ import annotations
 import base64
 import html
 import io
+import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -22,12 +32,70 @@ from matplotlib.patches import Patch
 
 from niffler.common.errors import InputError
 
-__all__ = ["save_figure", "skew_figure", "utilization_figure"]
+__all__ = ["TimeAxis", "clock_label", "save_figure", "skew_figure", "time_axis", "utilization_figure"]
 
 _BUSY = "#1f77b4"
 _IDLE = "#f2c14e"
 _BAD = "#d62728"
 _OK = "#2ca02c"
+#: Tick steps of the timeline, in hours: the smallest that gives at most _MAX_TICKS intervals is used.
+_STEPS = (0.25, 0.5, 1.0, 2.0, 3.0, 4.0, 6.0)
+_MAX_TICKS = 12
+#: The narrowest time axis, in hours: a single short encounter is still drawn with context around it.
+_MIN_SPAN = 1.0
+
+
+@dataclass(frozen=True)
+class TimeAxis:
+    """The timeline's x axis, in hours since midnight of the study day: limits and tick step."""
+
+    start: float
+    end: float
+    step: float
+
+    @property
+    def ticks(self) -> list[float]:
+        count = round((self.end - self.start) / self.step)
+        return [self.start + n * self.step for n in range(count + 1)]
+
+
+def time_axis(starts: pd.Series, ends: pd.Series) -> TimeAxis:
+    """Fit the axis to the activity: hours (since the day's midnight) of the encounters' starts and ends.
+
+    The limits are the first start and the last end, each padded by a few
+    minutes and rounded outwards to the tick step; the step is the smallest
+    of quarter hours, half hours, 1, 2, 3, 4 or 6 hours that needs at most
+    twelve intervals. The axis is at least an hour wide. It stays at or
+    after midnight unless an encounter starts before it, and goes past 24 h
+    only for an encounter that runs past midnight. No activity: the whole day.
+    """
+    values = pd.concat([pd.Series(starts, dtype=float), pd.Series(ends, dtype=float)]).dropna()
+    if values.empty:
+        return TimeAxis(0.0, 24.0, 2.0)
+    first, last = float(values.min()), float(values.max())
+    if last - first < _MIN_SPAN:
+        middle = (first + last) / 2
+        first, last = middle - _MIN_SPAN / 2, middle + _MIN_SPAN / 2
+    pad = max((last - first) * 0.03, 5 / 60)
+    low, high = first - pad, last + pad
+    if float(values.min()) >= 0:
+        low = max(low, 0.0)
+    if float(values.max()) <= 24:
+        high = min(high, 24.0)
+    for step in _STEPS:
+        start = math.floor(low / step) * step
+        end = math.ceil(high / step) * step
+        if (end - start) / step <= _MAX_TICKS:
+            break
+    return TimeAxis(start, end, step)
+
+
+def clock_label(hours: float) -> str:
+    """``HH:MM`` of a point on the axis; a day before or after the study day is marked (``00:30 +1d``)."""
+    minutes = round(hours * 60)
+    days, rest = divmod(minutes, 24 * 60)
+    text = f"{rest // 60:02d}:{rest % 60:02d}"
+    return text if days == 0 else f"{text} {days:+d}d"
 
 
 def utilization_figure(days: pd.DataFrame, encounter_table: pd.DataFrame, gaps: pd.DataFrame) -> Figure:
@@ -35,13 +103,14 @@ def utilization_figure(days: pd.DataFrame, encounter_table: pd.DataFrame, gaps: 
     lanes = days.sort_values(["day", "scanner"]).reset_index(drop=True)
     height = max(3.0, 0.55 * len(lanes) + 1.8)
     fig, ax = plt.subplots(figsize=(12, height))
+    origin = _common_origin(encounter_table)
     labels = []
     for index, (_, row) in enumerate(lanes.iterrows()):
         mine = encounter_table[
             (encounter_table["scanner"] == row["scanner"]) & (encounter_table["day"] == row["day"])
         ]
         holes = gaps[(gaps["scanner"] == row["scanner"]) & (gaps["day"] == row["day"])]
-        day0 = pd.Timestamp(str(row["day"]))
+        day0 = origin if origin is not None else pd.Timestamp(str(row["day"]))
         for _, gap in holes.iterrows():
             ax.barh(
                 index,
@@ -69,26 +138,52 @@ def utilization_figure(days: pd.DataFrame, encounter_table: pd.DataFrame, gaps: 
         labels.append(f"{row['scanner']} {row['day']} ({shown})")
     ax.set_yticks(range(len(lanes)), labels=labels, fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(24.0, _latest_hour(encounter_table)))
-    ax.set_xticks(range(0, int(ax.get_xlim()[1]) + 1, 2))
-    ax.set_xlabel("time of day (hours since midnight of the study day)")
+    axis = _encounter_axis(encounter_table, origin)
+    ax.set_xlim(axis.start, axis.end)
+    ax.set_xticks(axis.ticks, labels=[clock_label(t) for t in axis.ticks], fontsize=8)
+    several_days = lanes["day"].nunique() > 1
+    ax.set_xlabel(
+        f"time (+1d: the day after {origin:%Y-%m-%d})"
+        if origin is not None and several_days
+        else "time of day on the study day"
+    )
     ax.set_ylabel("scanner, day (utilization)")
     ax.set_title("Scanner utilization: encounters and idle gaps")
     ax.grid(axis="x", linestyle=":", alpha=0.6)
     ax.legend(
         handles=[Patch(color=_BUSY, label="encounter"), Patch(color=_IDLE, alpha=0.6, label="idle gap")],
-        loc="upper right",
+        loc="upper left",
+        bbox_to_anchor=(1.005, 1.0),  # outside the lanes: with the axis fitted, bars reach its edges
+        borderaxespad=0,
         fontsize=8,
     )
     fig.tight_layout()
     return fig
 
 
-def _latest_hour(encounter_table: pd.DataFrame) -> float:
+def _common_origin(encounter_table: pd.DataFrame) -> pd.Timestamp | None:
+    """Midnight of the first study day when all the activity fits in 24 hours, else None.
+
+    Then every lane shares one time line (an evening and the night after it
+    read as one stretch, the next day marked +1d); otherwise, as for a month,
+    each lane shows the time of day on its own study day.
+    """
     if encounter_table.empty:
-        return 24.0
-    day0 = pd.to_datetime(encounter_table["day"].astype(str), format="%Y%m%d")
-    return float(((encounter_table["end"] - day0) / pd.Timedelta(hours=1)).max()) + 0.5
+        return None
+    if encounter_table["end"].max() - encounter_table["start"].min() > pd.Timedelta(hours=24):
+        return None
+    return pd.Timestamp(str(encounter_table["day"].astype(str).min()))
+
+
+def _encounter_axis(encounter_table: pd.DataFrame, origin: pd.Timestamp | None) -> TimeAxis:
+    if encounter_table.empty:
+        return time_axis(pd.Series(dtype=float), pd.Series(dtype=float))
+    if origin is not None:
+        day0: pd.Series | pd.Timestamp = origin
+    else:
+        day0 = pd.to_datetime(encounter_table["day"].astype(str), format="%Y%m%d")
+    hour = pd.Timedelta(hours=1)
+    return time_axis((encounter_table["start"] - day0) / hour, (encounter_table["end"] - day0) / hour)
 
 
 def skew_figure(scanners: pd.DataFrame, threshold_hours: float) -> Figure:
