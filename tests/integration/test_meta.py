@@ -111,9 +111,11 @@ def test_stream_becomes_one_phi_free_document_per_series_and_featureset(
     extra = {(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in map(pydicom.dcmread, compressed)}
     series.update(uid for uid, _ in extra)
     collections = sorted(db.list_collection_names())
-    # featureset1 lacks the acquisition date and time a study summary needs: it has none.
-    assert collections == ["featureset", "featureset.studies", "featureset1"]
-    for name in ("featureset", "featureset1"):
+    # featureset1 and featureset2 lack the acquisition date and time a study summary needs: they have none.
+    assert collections == [
+        "featureset", "featureset.studies", "featureset1", "featureset2", "featureset3", "featureset3.studies"
+    ]  # fmt: skip
+    for name in ("featureset", "featureset1", "featureset2", "featureset3"):
         docs = {d["_id"]: d for d in db[name].find()}
         assert set(docs) == {pseudo.uid(uid) for uid in series}, name
         for uid, count in series.items():

@@ -39,7 +39,12 @@ def test_featureset_lines(line: str, key: str | None) -> None:
 
 def test_shipped_featuresets_load_with_upstream_names(caplog: pytest.LogCaptureFixture) -> None:
     sets = {fs.name: fs for fs in load_featuresets(REPO / "configs" / "featuresets")}
-    assert set(sets) == {"featureset", "featureset1"}
+    assert set(sets) == {"featureset", "featureset1", "featureset2", "featureset3"}  # upstream's four
+    assert sets["featureset3"].keys == (
+        "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "AcquisitionDate", "AcquisitionTime",
+        "BodyPartExamined", "Modality", "DeviceSerialNumber", "SOPInstanceUID",
+    )  # fmt: skip
+    assert "PerformedStationNameCodeSequence" in sets["featureset2"].keys
     assert sets["featureset"].keys[:3] == ("PatientID", "StudyInstanceUID", "StudyDate")
     assert "DeviceSerialNumber" in sets["featureset"].keys
     assert sets["featureset1"].keys[-2:] == ("0051100F", "0051100C")
