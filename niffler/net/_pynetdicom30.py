@@ -450,8 +450,22 @@ def _deliver_message(self: DIMSEServiceProvider, message: DIMSEMessage) -> None:
 
 
 def _serves_here(assoc: Association, request: StoreRequest) -> bool:
-    """Whether the DUL thread may serve *request* itself: not one it would have to abort for."""
-    return assoc.is_acceptor and not assoc._sent_release and request.context_id in assoc._accepted_cx
+    """Whether the DUL thread may serve *request* itself: not one it would have to abort for.
+
+    Nor one that arrives before the association is established: pynetdicom's
+    acceptor sends the A-ASSOCIATE-AC, then triggers EVT_ACCEPTED, then sets
+    ``is_established``, and a peer may answer the AC with a C-STORE while the
+    association thread is still between those steps. Served here, its
+    response was dropped (:func:`serve_store` answers only an established
+    association) and the sender waited for it until it timed out. Queued,
+    it is served by :func:`_run_acceptor`, which starts once they are done.
+    """
+    return (
+        assoc.is_acceptor
+        and assoc.is_established
+        and not assoc._sent_release
+        and request.context_id in assoc._accepted_cx
+    )
 
 
 def serve_store(assoc: Association, request: StoreRequest) -> None:
