@@ -233,6 +233,7 @@ def load_config(
             if high is not None and coerced > high:
                 raise ConfigError(f"{source}: {key}: {coerced} is above the maximum {high}")
         values[key] = coerced
+    _resolve_paths(values, raw, fields, hints, [Path(p) for p in paths])
     try:
         return model(**values)
     except ConfigError:
@@ -240,6 +241,53 @@ def load_config(
     except (ValueError, NifflerError) as exc:
         # A model's __post_init__ cross-checks keys and names them itself.
         raise ConfigError(str(exc)) from None
+
+
+#: Keys holding a path that are typed str (upstream's): the rule for relative paths applies to them too.
+_STR_PATH_KEYS = frozenset({"CsvFile"})
+
+
+def _resolve_paths(
+    values: dict[str, Any],
+    raw: Mapping[str, tuple[Any, str]],
+    fields: Mapping[str, Any],
+    hints: Mapping[str, Any],
+    paths: Sequence[Path],
+) -> None:
+    """Apply the one rule for relative paths (in place).
+
+    A relative path in a config file is relative to that file's folder; a
+    relative default is relative to the (first) config file's folder; a
+    relative path given on the command line is relative to the current
+    folder. So a daemon that systemd starts with ``/`` as its working folder
+    finds what its config names, and the defaults of the shipped configs land
+    beside them, in ``configs/``, never in the folder a user happens to be in.
+    Without a config file, everything is relative to the current folder.
+    """
+    first = paths[0].parent if paths else None
+    for key, f in fields.items():
+        if not (_is_path_type(hints[key]) or key in _STR_PATH_KEYS):
+            continue
+        source = raw[key][1] if key in raw else None
+        if source == "command line":
+            continue
+        value = values[key] if key in values else _default(f)
+        if value is None or value == "" or Path(value).is_absolute():
+            continue
+        base = Path(source).parent if source is not None else first
+        if base is None:
+            continue
+        resolved = base.absolute() / Path(value)
+        values[key] = str(resolved) if isinstance(value, str) else resolved
+
+
+def _is_path_type(hint: Any) -> bool:
+    return hint is Path or Path in typing.get_args(hint)
+
+
+def _default(f: Any) -> Any:
+    factory: Any = f.default_factory
+    return f.default if f.default is not dataclasses.MISSING else factory()
 
 
 def describe_config(config: Any) -> dict[str, Any]:

@@ -28,28 +28,27 @@ def load_meta_config(
     port: int | None = None,
     mongo_uri: str | None = None,
 ) -> MetaConfig:
-    """Load the config file with the CLI overrides; a relative FeaturesetFolder follows the file."""
+    """Load the config file with the CLI overrides (relative paths follow the file; see load_config)."""
     paths = [config_path] if config_path else []
     config = load_config(MetaConfig, paths, {"StorageFolder": storage_folder, "MongoURI": mongo_uri})
     if aet or port:
         current = AEAddress.parse(config.QueryAet, "QueryAet")
         config = dataclasses.replace(config, QueryAet=f"{aet or current.title}:{port or current.port}")
-    if not config.FeaturesetFolder.is_absolute():
-        config = dataclasses.replace(config, FeaturesetFolder=_featureset_folder(config, config_path))
-    return config
+    return dataclasses.replace(config, FeaturesetFolder=_featureset_folder(config, config_path))
 
 
 def _featureset_folder(config: MetaConfig, config_path: Path | None) -> Path:
-    """Resolve a relative FeaturesetFolder: to the config file's folder; upstream's ``conf/`` if unset.
+    """FeaturesetFolder, or upstream's ``conf/`` when the config does not set it and it is missing.
 
     Upstream Niffler reads every ``conf/*.txt`` of the folder it runs in, and
     its ``service/system.json`` names no featureset folder. So when the config
-    does not set FeaturesetFolder, ``./conf`` and ``conf`` beside the config
-    file's folder (upstream's layout) are tried after ``featuresets`` beside it.
+    does not set FeaturesetFolder and ``featuresets/`` beside it is missing,
+    ``./conf`` and ``conf`` beside the config file's folder (upstream's
+    layout) are tried: the one exception to the rule for relative paths.
     """
-    base = config_path.parent if config_path is not None else Path.cwd()
-    candidates = [base / config.FeaturesetFolder]
+    candidates = [config.FeaturesetFolder]
     if config_path is None or "FeaturesetFolder" not in _file_keys(config_path):
+        base = config_path.parent.absolute() if config_path is not None else Path.cwd()
         candidates += [Path.cwd() / "conf", base.parent / "conf"]
     return next((c for c in candidates if c.is_dir()), candidates[0])
 

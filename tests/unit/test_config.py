@@ -32,8 +32,25 @@ def write(path: Path, data: object) -> Path:
 
 def test_defaults_apply_when_file_is_empty(tmp_path: Path) -> None:
     cfg = load_config(Sample, [write(tmp_path / "c.json", {})])
-    assert cfg == Sample()
-    assert cfg.Items == [] and cfg.Folder == Path("out")
+    assert cfg.Items == [] and cfg.Folder == tmp_path / "out"  # a relative default follows the file
+    assert load_config(Sample) == Sample()
+
+
+def test_one_rule_for_relative_paths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In a file: relative to the file's folder; a default: to the config's folder; a flag: to the cwd."""
+    (tmp_path / "etc").mkdir()
+    monkeypatch.chdir(tmp_path)
+    in_file = load_config(Sample, [write(tmp_path / "etc" / "c.json", {"Folder": "data"})])
+    assert in_file.Folder == tmp_path / "etc" / "data"
+    default = load_config(Sample, [write(tmp_path / "etc" / "d.json", {})])
+    assert default.Folder == tmp_path / "etc" / "out"
+    flag = load_config(Sample, [tmp_path / "etc" / "c.json"], {"Folder": Path("mine")})
+    assert flag.Folder == Path("mine") and flag.Folder.resolve() == tmp_path / "mine"
+    absolute = load_config(Sample, [write(tmp_path / "etc" / "e.json", {"Folder": "/srv/x"})])
+    assert absolute.Folder == Path("/srv/x")
+    cold = load_config(ColdConfig, [write(tmp_path / "etc" / "cold.json", {"CsvFile": "csv/rows.csv"})])
+    assert cold.CsvFile == str(tmp_path / "etc" / "csv" / "rows.csv")
+    assert cold.StorageFolder == tmp_path / "etc" / "niffler-cold-data"
 
 
 def test_upstream_cold_config_and_system_json_load_unchanged(tmp_path: Path) -> None:
@@ -76,7 +93,8 @@ def test_upstream_cold_config_and_system_json_load_unchanged(tmp_path: Path) -> 
     assert cfg.QueryAet == "QBNIFFLER:4243" and cfg.DestAet == "QBNIFFLER"
     assert cfg.StorageFolder == Path("/opt/data/new-study")
     assert (cfg.StartHour, cfg.EndHour, cfg.SendEmail) == (19, 7, True)
-    assert cfg.DateFormat == "%Y%m%d" and cfg.CsvFile == "csv/empi.csv"
+    assert cfg.DateFormat == "%Y%m%d"
+    assert cfg.CsvFile == str(tmp_path / "csv" / "empi.csv")  # beside config.json, where upstream ran from
 
 
 def test_split_files_given_separately_merge_later_wins(tmp_path: Path) -> None:
