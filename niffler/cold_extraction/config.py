@@ -10,6 +10,7 @@ from niffler.common.config import setting
 from niffler.common.errors import ConfigError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net.address import AEAddress, validate_ae_title
+from niffler.net.syntaxes import POLICIES
 
 __all__ = ["ANY_CALLING_AET", "MODES", "QUERY_ONLY_MODES", "ColdConfig"]
 
@@ -39,6 +40,11 @@ class ColdConfig:
         [],
         'calling AE titles our receiver accepts besides SrcAet\'s own title; ["*"]: any',
     )
+    TransferSyntaxPolicy: str = setting(
+        "lossless", "lossless: lossless syntaxes first, lossy only if nothing else is offered; "
+        "uncompressed: uncompressed first; never-lossy: refuse lossy syntaxes (receiver and C-GET)",
+        choices=POLICIES,
+    )  # fmt: skip
     NightlyOnly: bool = setting(False, "only retrieve between StartHour and EndHour")
     StartHour: int = setting(19, "hour (0-23) the nightly window opens", minimum=0, maximum=23)
     EndHour: int = setting(7, "hour (0-23) the nightly window closes", minimum=0, maximum=23)

@@ -198,8 +198,10 @@ class PacsSession(QueryRetrieveSession):
         move_destination: str = "",
         receipts: Receipts | None = None,
         writer: InstanceWriter | None = None,
+        transfer_syntax_policy: str = "lossless",
     ) -> None:
         super().__init__(
+            transfer_syntax_policy=transfer_syntax_policy,
             peer=peer,
             calling_aet=calling_aet,
             mode=mode,

@@ -122,6 +122,7 @@ class ColdRun:
             move_destination=self.config.DestAet.strip(),
             receipts=self.receipts if counts else None,
             writer=writer,
+            transfer_syntax_policy=self.config.TransferSyntaxPolicy,
         )
 
     def receiver(self) -> StorageSCP | None:
@@ -141,6 +142,7 @@ class ColdRun:
             allowed_calling_aets=allowed,
             on_stored=self.receipts.on_stored,
             on_failed=self.receipts.on_failed,
+            transfer_syntax_policy=self.config.TransferSyntaxPolicy,
         )
 
     def run(self) -> Summary:
