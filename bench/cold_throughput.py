@@ -12,8 +12,15 @@ AccessionNumber CSV, alternating, several times, in the same run:
   to a DCMTK ``storescp``. ``TCP_NODELAY=1`` for the DCMTK tools, or
   Nagle's algorithm would make each move take seconds and flatter us.
 
-Prints the median rows/s and instances/s of each, the ratio (goal >= 3x),
-and checks that both retrieved the same SOP instances.
+Prints the median rows/s and instances/s of each, the ratio of the medians
+and the median of the per-repeat ratios (goals: >= 3x with 1 worker, >= 4x
+at the best worker count), and checks that both retrieved the same SOP
+instances. A niffler-cold run in which a C-MOVE of several studies failed
+(its studies then fetched one by one) is marked, and it and any run over
+twice the median of its column are listed at the end with their
+niffler-cold log (``-v``, kept in the work folder beside Orthanc's), so a
+stall can be told from noise. Every run retrieves into a folder of its own,
+deleted only at the end (see benchlib: deleting just before a run slows it).
 
     .venv/bin/python bench/cold_throughput.py --studies 200 --images 10 --repeats 5
 """
@@ -23,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,41 +37,50 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchlib import FINDSCU, MOVESCU, RunFolders, load_note, median_ratio, run_tool, storescp
+
 from niffler.testing.corpus import CorpusSpec, generate_corpus
-from niffler.testing.peers import DcmtkStoreSCP, OrthancPACS, free_port, run_dcmtk
+from niffler.testing.peers import OrthancPACS, free_port
 
 LOOPBACK = "127.0.0.1"
-GOAL = 3.0
+GOAL_ONE_WORKER = 3.0
+GOAL_BEST = 4.0
+BASELINE = "baseline findscu+movescu"
 _STUDY_UID = re.compile(r"\(0020,000d\) UI \[([0-9.]+)\]")
+#: What niffler-cold logs when a C-MOVE of several studies failed and they are fetched one by one.
+_FALLBACK = "the rest go one by one"
 
 
 def baseline(orthanc: OrthancPACS, rows: list[tuple[str, str]], out: Path, port: int) -> float:
-    """Upstream's way: a findscu and a movescu process per row; return the seconds."""
-    shutil.rmtree(out, ignore_errors=True)
+    """Upstream's way: a findscu and a movescu process per row into *out*; return the seconds."""
     start = time.perf_counter()
-    with DcmtkStoreSCP(out, aet="BASELINE", port=port):
+    with storescp(out, aet="BASELINE", port=port):
         for patient, accession in rows:
-            found = run_dcmtk(["findscu", "-v", "-aet", "BASELINE", "-aec", orthanc.aet, "-S",
-                               "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={patient}",
-                               "-k", f"AccessionNumber={accession}", "-k", "StudyInstanceUID",
-                               LOOPBACK, str(orthanc.dicom_port)])  # fmt: skip
+            found = run_tool([FINDSCU, "-v", "-aet", "BASELINE", "-aec", orthanc.aet, "-S",
+                              "-k", "QueryRetrieveLevel=STUDY", "-k", f"PatientID={patient}",
+                              "-k", f"AccessionNumber={accession}", "-k", "StudyInstanceUID",
+                              LOOPBACK, str(orthanc.dicom_port)])  # fmt: skip
             for uid in _STUDY_UID.findall(found.stderr + found.stdout):
-                run_dcmtk(["movescu", "-aet", "BASELINE", "-aec", orthanc.aet, "-aem", "BASELINE", "-S",
-                           "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
-                           LOOPBACK, str(orthanc.dicom_port)])  # fmt: skip
+                run_tool([MOVESCU, "-aet", "BASELINE", "-aec", orthanc.aet, "-aem", "BASELINE", "-S",
+                          "-k", "QueryRetrieveLevel=STUDY", "-k", f"StudyInstanceUID={uid}",
+                          LOOPBACK, str(orthanc.dicom_port)])  # fmt: skip
     return time.perf_counter() - start
 
 
-def niffler(config: Path, table: Path, storage: Path) -> float:
-    shutil.rmtree(storage, ignore_errors=True)
-    start = time.perf_counter()
-    cmd = [sys.executable, "-m", "niffler.cold_extraction", "--config", str(config), "--csv", str(table)]
-    cmd.append("-q")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    elapsed = time.perf_counter() - start
+def niffler(config: Path, table: Path, storage: Path, log: Path) -> tuple[float, int]:
+    """Run niffler-cold as a user does, into *storage* (its log at -v to *log*).
+
+    Returns (seconds, C-MOVEs of several studies that failed).
+    """
+    cmd = [sys.executable, "-m", "niffler.cold_extraction", "-v", "--config", str(config)]
+    cmd += ["--csv", str(table), "--storage-folder", str(storage)]
+    with log.open("w") as handle:
+        start = time.perf_counter()
+        proc = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT)
+        elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"niffler-cold failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return elapsed
+        raise SystemExit(f"niffler-cold failed ({proc.returncode}); see {log}")
+    return elapsed, log.read_text(errors="replace").count(_FALLBACK)
 
 
 def sop_uids(folder: Path) -> set[str]:
@@ -81,12 +96,12 @@ def main() -> None:
     parser.add_argument("--studies", type=int, default=200)
     parser.add_argument("--images", type=int, default=10, help="instances per study")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="niffler-cold-bench-"))
     spec = CorpusSpec(patients=args.studies, studies_per_patient=1, series_per_study=1,
-                      instances_per_series=args.images, rows=64, columns=64)  # fmt: skip
+                      instances_per_series=args.images, rows=64, columns=64, distinct_uids=True)  # fmt: skip
     corpus = generate_corpus(work / "corpus", spec)
     rows = sorted({(i.patient_id, i.accession) for i in corpus})
     table = work / "rows.csv"
@@ -95,38 +110,63 @@ def main() -> None:
     modalities = {"niffler": ("NIFFLER", LOOPBACK, ours_port), "baseline": ("BASELINE", LOOPBACK, base_port)}
     with OrthancPACS(work / "orthanc", modalities=modalities) as orthanc:
         orthanc.upload([i.path for i in corpus])
-        print(f"PACS: {len(rows)} studies, {len(corpus)} instances")
+        print(f"PACS: {len(rows)} studies, {len(corpus)} instances; {load_note()}; work folder {work}")
         configs = {}
         for workers in args.workers:
             configs[workers] = work / f"cold-{workers}.json"
             configs[workers].write_text(json.dumps({
                 "SrcAet": f"{orthanc.aet}@{LOOPBACK}:{orthanc.dicom_port}",
                 "QueryAet": f"NIFFLER:{ours_port}",
-                "StorageFolder": str(work / "out-niffler"),
+                "StorageFolder": str(work / "unused"),  # each run gets --storage-folder
                 "MaxNifflerProcesses": workers,
             }))  # fmt: skip
-        times: dict[str, list[float]] = {"baseline findscu+movescu": []}
+        times: dict[str, list[float]] = {BASELINE: []}
         times |= {f"niffler-cold x{w}": [] for w in args.workers}
+        runs: list[tuple[str, int, float, int, Path]] = []  # (column, repeat, s, failed list moves, log)
         want = {i.sop_uid for i in corpus}
+        size = sum(i.path.stat().st_size for i in corpus)
+        folders = RunFolders(work / "out", args.repeats * (1 + len(args.workers)), size)
         for repeat in range(args.repeats):
-            seconds = baseline(orthanc, rows, work / "out-baseline", base_port)
-            times["baseline findscu+movescu"].append(seconds)
-            assert sop_uids(work / "out-baseline") == want, "the baseline missed instances"
-            line = [f"baseline {times['baseline findscu+movescu'][-1]:.2f} s"]
+            out = folders.new("baseline")
+            seconds = baseline(orthanc, rows, out, base_port)
+            times[BASELINE].append(seconds)
+            assert sop_uids(out) == want, "the baseline missed instances"
+            folders.done(out)
+            line = [f"baseline {seconds:.2f} s"]
             for workers, config in configs.items():
-                times[f"niffler-cold x{workers}"].append(niffler(config, table, work / "out-niffler"))
-                assert sop_uids(work / "out-niffler") == want, "niffler-cold missed instances"
-                line.append(f"x{workers} {times[f'niffler-cold x{workers}'][-1]:.2f} s")
-            print(f"  run {repeat + 1}: " + ", ".join(line))
-    print(f"\n{'retriever':26s} {'median s':>9s} {'rows/s':>8s} {'inst/s':>8s}")
+                name = f"niffler-cold x{workers}"
+                log = work / f"run{repeat + 1}-x{workers}.log"
+                out = folders.new(f"x{workers}")
+                seconds, failed = niffler(config, table, out, log)
+                times[name].append(seconds)
+                runs.append((name, repeat + 1, seconds, failed, log))
+                assert sop_uids(out) == want, "niffler-cold missed instances"
+                folders.done(out)
+                note = f" ({failed} list move(s) failed)" if failed else ""
+                line.append(f"x{workers} {seconds:.2f} s{note}")
+            print(f"  run {repeat + 1}: " + ", ".join(line) + f"   ({load_note()})", flush=True)
     medians = {name: statistics.median(t) for name, t in times.items()}
+    slow = [run for run in runs if run[2] > 2 * medians[run[0]] or run[3]]
+    print(f"\n{args.repeats} repeats, {load_note()} at the end")
+    print(f"{'retriever':26s} {'median s':>9s} {'rows/s':>8s} {'inst/s':>8s} {'ratio':>6s} {'per-rep':>8s}")
+    base = medians[BASELINE]
     for name, med in medians.items():
-        print(f"{name:26s} {med:9.2f} {len(rows) / med:8.1f} {len(corpus) / med:8.0f}")
-    base = medians["baseline findscu+movescu"]
-    for workers in args.workers:
-        ratio = base / medians[f"niffler-cold x{workers}"]
-        print(f"ratio niffler-cold x{workers} / baseline rows/s: {ratio:.2f}x (goal >= {GOAL:.0f}x)")
+        per_repeat = median_ratio(times[BASELINE], times[name])
+        print(f"{name:26s} {med:9.2f} {len(rows) / med:8.1f} {len(corpus) / med:8.0f} "
+              f"{base / med:5.2f}x {per_repeat:7.2f}x")  # fmt: skip
+    best = max(args.workers, key=lambda w: base / medians[f"niffler-cold x{w}"])
+    if 1 in args.workers:
+        one = base / medians["niffler-cold x1"]
+        print(f"ratio with 1 worker: {one:.2f}x (goal >= {GOAL_ONE_WORKER:.0f}x)")
+    print(f"ratio at the best worker count (x{best}): {base / medians[f'niffler-cold x{best}']:.2f}x "
+          f"(goal >= {GOAL_BEST:.0f}x)")  # fmt: skip
+    print("ratio: median baseline seconds / median seconds; per-rep: median of the per-repeat ratios")
     print("both retrieved the same SOP instances: yes")
+    orthanc_log = work / "orthanc" / "orthanc.log"
+    for name, repeat, seconds, failed, log in slow:
+        print(f"outlier: {name} run {repeat} took {seconds:.2f} s (median {medians[name]:.2f} s), "
+              f"{failed} list move(s) failed; logs: {log}, {orthanc_log}")  # fmt: skip
+    folders.clear()  # the retrieved images; the logs stay in the work folder
 
 
 if __name__ == "__main__":
