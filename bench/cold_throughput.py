@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -166,7 +167,11 @@ def main() -> None:
     for name, repeat, seconds, failed, log in slow:
         print(f"outlier: {name} run {repeat} took {seconds:.2f} s (median {medians[name]:.2f} s), "
               f"{failed} list move(s) failed; logs: {log}, {orthanc_log}")  # fmt: skip
-    folders.clear()  # the retrieved images; the logs stay in the work folder
+    # The images go (retrieved, generated, Orthanc's); the logs stay in the work folder.
+    folders.clear()
+    shutil.rmtree(work / "corpus", ignore_errors=True)
+    shutil.rmtree(work / "orthanc" / "db", ignore_errors=True)
+    print(f"logs kept in {work}")
 
 
 if __name__ == "__main__":
