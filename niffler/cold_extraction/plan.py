@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import calendar
 import csv
+import difflib
 import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
@@ -59,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from pydicom import config as pydicom_config
-from pydicom.datadict import dictionary_VR, tag_for_keyword
+from pydicom.datadict import dictionary_VR, keyword_dict, tag_for_keyword
 from pydicom.dataelem import DataElement
 from pydicom.valuerep import validate_value
 
@@ -285,10 +286,29 @@ def _check_vr(keyword: str, index: int, value: str) -> str:
 
 
 def _columns_from_header(header: Sequence[str]) -> list[str] | None:
+    """The header's keywords; None for the legacy form (no header name is a keyword).
+
+    A header that names keywords and a near miss of one (``AccesionNumber``)
+    has a typo, and the legacy form would query the wrong thing: InputError
+    names the column and the keyword meant. Names that resemble no keyword
+    (upstream's ``EMPI,Acc``) keep the legacy form.
+    """
     names = [h.strip().lstrip("\ufeff") for h in header]
-    if names and all(n == STUDY_MONTH or tag_for_keyword(n) is not None for n in names if n):
+    known = [n == STUDY_MONTH or tag_for_keyword(n) is not None for n in names]
+    if names and all(ok for ok, n in zip(known, names, strict=True) if n):
         return names
+    if any(known):
+        for column, (ok, name) in enumerate(zip(known, names, strict=True), 1):
+            close = [] if ok or not name else difflib.get_close_matches(
+                name, [STUDY_MONTH, *keyword_dict], n=1, cutoff=0.85
+            )
+            if close:
+                raise InputError(
+                    f"CSV header, line 1, column {column} {name!r} is not a DICOM keyword or StudyMonth; "
+                    f"did you mean {close[0]!r}?"
+                )
     return None
+
 
 
 def plan_rows(rows: Iterable[Sequence[str]], config: ColdConfig) -> Iterator[Query | RowError]:

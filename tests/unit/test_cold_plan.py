@@ -323,3 +323,13 @@ def test_a_row_is_named_by_the_line_it_starts_on(tmp_path: Path) -> None:
     )
     with pytest.raises(InputError, match=r"line 4 is not readable CSV \(field larger than field limit"):
         plan(tmp_path, 'PatientID\n"1\n2"\n"3\n' + "4" * 140_000 + '"\n')  # the row starting on line 4
+
+
+def test_a_header_typo_is_an_error_with_a_suggestion_not_the_legacy_form(tmp_path: Path) -> None:
+    table = tmp_path / "rows.csv"
+    table.write_text("PatientID,AccesionNumber\n000123,ACC1\n")
+    with pytest.raises(InputError, match=r"line 1, column 2 'AccesionNumber' .*mean 'AccessionNumber'"):
+        list(read_plan(table, ColdConfig()))
+    table.write_text("EMPI,Accession\n000123,ACC1\n")  # no keyword at all: upstream's legacy form
+    (query,) = list(read_plan(table, ColdConfig()))
+    assert query.identifiers == {"PatientID": "000123"}
