@@ -106,15 +106,16 @@ def configure_process(level: int, *, dicom_traffic: bool = False) -> None:
     handler.setFormatter(logging.Formatter(LOG_FORMAT))
     handler.addFilter(_NoValues())
     logging.basicConfig(level=level, handlers=[handler], force=True)
-    # pynetdicom logs every PDU at INFO; keep its noise for -vv.
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if dicom_traffic else logging.WARNING)
+    # pynetdicom logs every PDU at INFO; keep its noise for -vv, but never the C-FIND
+    # identifiers (PatientID, names, dates) it would log with it. Its switch for that is an
+    # internal, behind the accelerator's seam; without it, its traffic stays hidden.
+    # Imported here: a command that never logs pynetdicom's traffic need not load it.
+    traffic = False
     if dicom_traffic:
-        # ... but not the C-FIND identifiers (PatientID, names, dates) it would log at INFO.
-        # Imported here: a command that never logs pynetdicom's INFO need not load it.
-        from pynetdicom import _config as pynetdicom_config
+        from niffler.net import accel
 
-        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-        pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+        traffic = accel.withhold_identifiers()
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if traffic else logging.WARNING)
     configure_pydicom()
 
 

@@ -90,6 +90,7 @@ __all__ = [
     "serve_store",
     "set_store_handler",
     "start_server",
+    "withhold_identifiers",
 ]
 
 log = logging.getLogger(__name__)
@@ -839,3 +840,9 @@ def start_server(
 def accepted_transfer_syntax(assoc: Association, context_id: int) -> str:
     """The transfer syntax accepted for presentation context *context_id* of *assoc*."""
     return str(assoc._accepted_cx[context_id].transfer_syntax[0])
+
+
+def withhold_identifiers() -> None:
+    """Stop pynetdicom logging C-FIND/C-MOVE identifiers (PatientID, names, dates) with its traffic."""
+    _pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    _pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False

@@ -47,6 +47,7 @@ __all__ = [
     "set_store_handler",
     "shared_context",
     "start_server",
+    "withhold_identifiers",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,23 @@ ENABLED = _FAST is not None
 def describe() -> str:
     """One phrase for the start-up log: whether the accelerator runs, and why not."""
     return f"pynetdicom accelerator {_STATE}"
+
+
+def withhold_identifiers() -> bool:
+    """Make pynetdicom's traffic log (``-vv``) leave out query identifiers; False if it cannot.
+
+    Its switches are internals, so they live with the accelerator; they are
+    set even when the accelerator is switched off, as long as its module
+    loads. The caller hides pynetdicom's traffic when this returns False.
+    """
+    module = _FAST
+    if module is None:
+        try:
+            module = importlib.import_module("niffler.net._pynetdicom30")
+        except Exception:
+            return False
+    module.withhold_identifiers()
+    return True
 
 
 def new_ae(ae_title: str) -> AE:

@@ -178,3 +178,28 @@ def test_pynetdicom_errors_fold_into_niffler_s_own_line_unless_verbose(verbose: 
     )
     assert "Called AE title not recognised" in proc.stderr
     assert ("Association Rejected by the peer" in proc.stderr) is shown
+
+
+_TRAFFIC = """
+import importlib.abc, logging, sys
+class _Gone(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "niffler.net._pynetdicom30" and sys.argv[1] == "gone":
+            raise ImportError("a renamed pynetdicom internal")
+        return None
+sys.meta_path.insert(0, _Gone())
+from pynetdicom import _config
+from niffler.common.cli import setup_logging
+setup_logging(2, 0)
+print(logging.getLogger("pynetdicom").level, _config.LOG_REQUEST_IDENTIFIERS)
+"""
+
+
+@pytest.mark.parametrize(("accelerator", "shown"), [("loads", "10 False"), ("gone", "30 True")])
+def test_vv_shows_pynetdicom_traffic_only_when_its_identifiers_can_be_withheld(
+    accelerator: str, shown: str
+) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _TRAFFIC, accelerator], capture_output=True, text=True, check=True
+    )
+    assert proc.stdout.strip() == shown  # DEBUG and withheld, or WARNING (hidden) and untouched
