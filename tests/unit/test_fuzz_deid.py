@@ -28,7 +28,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 import pydicom
@@ -264,16 +263,13 @@ def deep_cases(draw: st.DrawFn) -> Case:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _as_the_clis_do_and_report(request: pytest.FixtureRequest) -> Iterator[None]:
+def _as_the_clis_do() -> Iterator[None]:
     mode = pydicom_config.settings.reading_validation_mode
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
     pydicom_config.settings.reading_validation_mode = mode
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n[fuzz] {Path(__file__).name} examples run: {dict(RUNS)}")
 
 
 switches = st.tuples(*[st.booleans() for _ in OPTION_CODES])

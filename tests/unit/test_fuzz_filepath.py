@@ -17,11 +17,9 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-import pytest
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 from pydicom.multival import MultiValue
@@ -127,14 +125,6 @@ def _assert_usable(template: FileTemplate, mapping: dict[Any, Any]) -> None:
         assert "/" not in part and "\\" not in part, part
         size = len(os.fsencode(part))
         assert size <= NAME_MAX, f"component of {size} bytes > {NAME_MAX}: {part[:40]!r}..."
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n[fuzz] {Path(__file__).name} examples run: {dict(RUNS)}")
 
 
 def cases(texts: st.SearchStrategy[str]) -> st.SearchStrategy[tuple[str, dict[Any, Any]]]:

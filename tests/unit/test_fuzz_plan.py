@@ -22,7 +22,6 @@ import io
 import re
 import warnings
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -151,14 +150,6 @@ def _records(data: bytes) -> list[list[str]] | None:
         return list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
     except (UnicodeDecodeError, csv.Error):
         return None
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _report(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n[fuzz] {Path(__file__).name} examples run: {dict(RUNS)}")
 
 
 def _plan(tmp_path: Path, data: bytes, config: dict[str, Any]) -> tuple[list[Query | RowError], str | None]:

@@ -194,16 +194,13 @@ def _decoded_frames(ds: Dataset) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _as_the_clis_do_and_report(request: pytest.FixtureRequest) -> Iterator[None]:
+def _as_the_clis_do() -> Iterator[None]:
     mode = pydicom_config.settings.reading_validation_mode
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
         yield
     pydicom_config.settings.reading_validation_mode = mode
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n[fuzz] {Path(__file__).name} examples run: {dict(RUNS)}")
 
 
 options = st.one_of(

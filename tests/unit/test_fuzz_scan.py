@@ -365,17 +365,14 @@ def _is_uid(tag: int) -> bool:
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _quiet_pydicom_and_report(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Run as the CLIs do (logsetup.configure_pydicom), then print the counts."""
+def _quiet_pydicom() -> Iterator[None]:
+    """Run as the CLIs do (logsetup.configure_pydicom); tests/unit/conftest.py prints the counts."""
     mode = pydicom_config.settings.reading_validation_mode
     pydicom_config.settings.reading_validation_mode = pydicom_config.IGNORE
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         yield
     pydicom_config.settings.reading_validation_mode = mode
-    capture = request.config.pluginmanager.getplugin("capturemanager")
-    with capture.global_and_fixture_disabled():
-        print(f"\n[fuzz] {Path(__file__).name} examples run: {dict(RUNS)}")
 
 
 # --- the scan --------------------------------------------------------------------------------------
