@@ -546,8 +546,6 @@ def record_key(tag: int) -> str:
     return (keyword_for_tag(tag) if dictionary_has_tag(tag) else "") or f"{int(tag):08X}"
 
 
-_key_name = record_key
-
 
 def _scalar(value: Any, vr: str) -> Any:
     if vr == "AT":
@@ -583,7 +581,7 @@ def _pseudonym_value(policy: Policy, elem: DataElement, action: Action) -> Any:
             return str(value)
         if action in (Action.UID, Action.LOCAL_UID):
             return policy.pseudonymizer.uid(str(value))
-        return policy.pseudonymizer.identifier(_key_name(elem.tag), str(value))
+        return policy.pseudonymizer.identifier(record_key(elem.tag), str(value))
 
     value = elem.value
     if value is None or value == "":
@@ -629,7 +627,7 @@ def _flatten(
     _check_depth(depth)
     for elem in dataset:
         rule = policy.rule(int(elem.tag))
-        key = prefix + _key_name(elem.tag)
+        key = prefix + record_key(elem.tag)
         _audit(audit, key, int(elem.tag), rule)
         if not rule.keeps_value:
             continue
@@ -697,7 +695,7 @@ def _apply(dataset: Dataset, policy: Policy, prefix: str, audit: list[AuditEntry
     for elem in list(dataset):
         tag = int(elem.tag)
         rule = policy.rule(tag)
-        key = prefix + _key_name(elem.tag)
+        key = prefix + record_key(elem.tag)
         _audit(audit, key, tag, rule)
         action = rule.action
         if action is Action.REMOVE:
