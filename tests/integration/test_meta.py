@@ -255,7 +255,12 @@ def test_a_file_extraction_cannot_handle_is_quarantined_and_the_next_one_extract
         region.AnatomicRegionSequence = pydicom.Sequence([item])
         region = item
     ds.save_as(bad / "deep.dcm")
-    service = meta_factory()
+    # Extraction reads only what the featuresets select, so the deep sequence must be selected.
+    featuresets = tmp_path / "featuresets"
+    featuresets.mkdir()
+    text = (FEATURESETS / "featureset.txt").read_text()
+    (featuresets / "featureset.txt").write_text(text + "\nAnatomicRegionSequence\n")
+    service = meta_factory(FeaturesetFolder=str(featuresets))
     storescu(service.port, bad)
     storescu(service.port, tmp_path / "corpus")
     assert service.wait_idle(60)

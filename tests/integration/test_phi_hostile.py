@@ -415,7 +415,10 @@ def test_too_deep_sequence_fails_alone_and_the_daemon_survives_a_restart(
                                                instances_per_series=1, rows=8, columns=8)
     )[0]  # fmt: skip
     (tmp_path / "featuresets").mkdir()
-    (tmp_path / "featuresets" / "featureset.txt").write_text("Modality\nSeriesInstanceUID\nPatientID\n")
+    # Extraction reads only the attributes featuresets select: select the deep one.
+    (tmp_path / "featuresets" / "featureset.txt").write_text(
+        "Modality\nSeriesInstanceUID\nPatientID\nAnatomicRegionSequence\n"
+    )
     config = meta_config(tmp_path, tmp_path / "featuresets")
     daemon = Daemon(config, tmp_path / "meta")
     daemons.append(daemon)

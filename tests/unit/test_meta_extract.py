@@ -4,19 +4,30 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.dataset import Dataset
 
 from niffler.common.config import load_config
 from niffler.common.deid import DeidSettings, Policy, phi_check
-from niffler.common.errors import ConfigError
+from niffler.common.errors import ConfigError, DeidError, InputError
 from niffler.meta_extraction.cli import load_meta_config
 from niffler.meta_extraction.config import MetaConfig
-from niffler.meta_extraction.extract import build_documents, load_featuresets, parse_line
+from niffler.meta_extraction.extract import (
+    build_documents,
+    header_tags,
+    load_featuresets,
+    parse_line,
+    read_header,
+)
 from niffler.meta_extraction.index import InstanceIndex
 from niffler.meta_extraction.purge import purge
+from niffler.testing.corpus import CorpusSpec, generate_corpus
+from niffler.testing.hostile import write_hostile_corpus
+from niffler.testing.receiver import FEATURESETS
 
 KEY = b"unit-test-secret-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[2]
@@ -167,3 +178,45 @@ def test_index_counts_distinct_instances_across_resends(tmp_path: Path) -> None:
     assert (stats.instances, stats.first_received, stats.last_received) == (2, 10.0, 50.0)
     assert [p.sop_key for p in index.pending(10)] == ["i2"]
     index.close()
+
+
+def _documents_or_error(path: Path, tags: list[int] | None, sets: list[Any], policy: Policy) -> Any:
+    try:
+        return build_documents(read_header(path, tags), sets, policy)
+    except (InputError, DeidError) as exc:
+        return type(exc).__name__
+
+
+def test_reading_only_the_featureset_tags_gives_the_same_documents(tmp_path: Path) -> None:
+    """niffler-meta reads only :func:`header_tags`: on realistic and hostile headers (private blocks,
+    nested and undefined-length sequences, repeating groups, odd character sets) the documents must be
+    those of a full read, for upstream's featuresets and for one that names private tags."""
+    folder = tmp_path / "featuresets"
+    shutil.copytree(FEATURESETS, folder)
+    (folder / "private.txt").write_text(
+        "0x0019100B\n(0019,105A)\n0x0051100F\n0x00451040\n0x00291008\nOtherPatientIDsSequence\n"
+        "AnatomicRegionSequence\n60000010\nReferencedImageSequence\nInstitutionName\nPixelSpacing\n"
+    )
+    sets = load_featuresets(folder)
+    tags = header_tags(sets)
+    assert {0x00190010, 0x00290010, 0x00450010, 0x00510010} <= set(tags)  # the named blocks' creators
+    overrides = {t: "keep" for t in ("0x0019100B", "0x0019105A", "0x0051100F", "0x00451040", "0x00451003")}
+    policy = Policy(DeidSettings(DeidOverrides=overrides), KEY)
+    realistic = generate_corpus(
+        tmp_path / "realistic", CorpusSpec.realistic(patients=2, studies_per_patient=1, series_per_study=2,
+                                                     instances_per_series=2, rows=8, columns=8)
+    )  # fmt: skip
+    hostile = write_hostile_corpus(tmp_path / "hostile", deep_depth=80)
+    paths = [i.path for i in realistic] + list(hostile.files)
+    compared = 0
+    for path in paths:
+        full = _documents_or_error(path, None, sets, policy)
+        partial = _documents_or_error(path, tags, sets, policy)
+        if isinstance(full, str):  # refused in full: refused or documented alike when read in part
+            continue
+        assert partial == full, path.name
+        compared += 1
+    assert compared >= len(realistic) + len(hostile.files) - len(hostile.failing)
+    private = build_documents(read_header(realistic[0].path, tags), sets, policy)["private"]
+    assert private["0019100B"] == 1.0 and private["0051100F"] == "HEA;HEP"
+    assert private["00451040_0_00451003"] == 0.625 and private["PixelSpacing"]
