@@ -54,7 +54,11 @@ class ColdConfig:
     FilePath: str = setting(DEFAULT_FILE_PATH, "dcm4che-style path template, or CFIND-ONLY / CFIND-DETAILED")
     CsvFile: str = setting("", "CSV of rows to retrieve (overridden by --csv)")
     NumberOfQueryAttributes: int = setting(
-        1, "how many CSV columns to match on (legacy form)", minimum=1, maximum=3
+        0,
+        "0: the CSV header names the columns by DICOM keyword; 1-3: upstream's legacy form, "
+        "columns picked by FirstAttr/FirstIndex... when the header names no keywords",
+        minimum=0,
+        maximum=3,
     )
     FirstAttr: str = setting("PatientID", "DICOM keyword of the first query column (legacy form)")
     FirstIndex: int = setting(0, "0-based CSV column of FirstAttr (legacy form)", minimum=0)

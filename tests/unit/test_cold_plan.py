@@ -148,9 +148,12 @@ MARK = "ZQ7MARK"  # in every bad cell below; no message may carry it
         (f"PatientID,StudyInstanceUID\n1,1.2.{MARK}\n", {}, 2, "StudyInstanceUID", 2),
         (f"SeriesInstanceUID\n{'1.2' * 30}{MARK}\n", {}, 2, "SeriesInstanceUID", 1),
         (f"PatientID,Modality\n1,mr{MARK}\n", {}, 2, "Modality", 2),
-        # An attribute a C-FIND can not match a text cell on, or one Niffler sets.
-        (f"PatientID,Rows\n1,{MARK}\n", {}, 2, "Rows", 2),
-        (f"PatientID,SpecificCharacterSet\n1,{MARK}\n", {}, 2, "SpecificCharacterSet", 2),
+        # A semicolon in a comma-separated file: a stray delimiter, named with the column it is in.
+        (f"PatientID\n{MARK};20200106\n", {}, 2, "PatientID", 1),
+        # Longer than the VR allows: LO 64 (PatientID), SH 16 (AccessionNumber), PN 64 per group.
+        (f"PatientID,AccessionNumber\n{'0' * 5000}{MARK},A\n", {}, 2, "PatientID", 1),
+        (f"PatientID,AccessionNumber\n1,AB{MARK}12345678\n", {}, 2, "AccessionNumber", 2),
+        (f"PatientID,PatientName\n1,{'X' * 60}{MARK}\n", {}, 2, "PatientName", 2),
         # No value to match on: the marker sits in a column that is not queried.
         (f"PatientID,,AccessionNumber\n,{MARK},\n", {}, 2, "AccessionNumber", 3),
     ],
@@ -314,9 +317,10 @@ def test_a_latin1_query_is_sent_declaring_its_character_set() -> None:
 
 def test_a_row_is_named_by_the_line_it_starts_on(tmp_path: Path) -> None:
     """A quoted cell spanning lines: later rows keep the file's line numbers, as an unreadable row does."""
-    out = plan(tmp_path, 'PatientID,AccessionNumber\n"1\n2",A\n3,B*\n\n4,C\n')
+    out = plan(tmp_path, 'PatientID,AccessionNumber\n"1\n2",A\n3,B*\n,\n4,C\n')
     assert [item.line for item in out] == [2, 4, 5, 6]
     assert isinstance(out[0], RowError) and "control character" in out[0].message
+    assert "lines 2-3" in out[0].message and "column 1" in out[0].message
     assert isinstance(out[1], RowError) and "wildcard" in out[1].message
     assert out[2] == RowError(5, "blank row") and out[3] == Query(
         6, {"PatientID": "4", "AccessionNumber": "C"}
@@ -330,6 +334,8 @@ def test_a_header_typo_is_an_error_with_a_suggestion_not_the_legacy_form(tmp_pat
     table.write_text("PatientID,AccesionNumber\n000123,ACC1\n")
     with pytest.raises(InputError, match=r"line 1, column 2 'AccesionNumber' .*mean 'AccessionNumber'"):
         list(read_plan(table, ColdConfig()))
-    table.write_text("EMPI,Accession\n000123,ACC1\n")  # no keyword at all: upstream's legacy form
-    (query,) = list(read_plan(table, ColdConfig()))
+    table.write_text("EMPI,Accession\n000123,ACC1\n")  # no keyword at all: upstream's legacy form...
+    (query,) = list(read_plan(table, ColdConfig(NumberOfQueryAttributes=1)))
     assert query.identifiers == {"PatientID": "000123"}
+    with pytest.raises(InputError, match=r"column 1 'EMPI' .*mean 'PatientID'"):  # ... if the config asks
+        list(read_plan(table, ColdConfig()))

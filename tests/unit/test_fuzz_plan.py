@@ -3,14 +3,17 @@
 Properties, for arbitrary CSV bytes (headers of real keywords and junk, cells of any text, quotes,
 delimiters, control characters, very long values, blank lines, invalid UTF-8) and arbitrary configs:
 
-- :func:`read_plan` raises nothing but :class:`~niffler.common.errors.InputError` (a refused file)
-  or a :class:`~niffler.common.errors.ConfigError`;
-- every data row of a readable file gives exactly one Query or RowError, in order, named by the
-  line of the file it starts on (a quoted cell may span lines);
+- :func:`read_plan` raises nothing but :class:`~niffler.common.errors.InputError` (a refused file,
+  naming a line) or a :class:`~niffler.common.errors.ConfigError` (a legacy key, named);
+- every data row of a readable file that is not a blank line gives exactly one Query or RowError,
+  in order, named by the line of the file it starts on (a quoted cell may span lines);
 - no message (row error or refused file) quotes a cell: every cell carries a marker;
-- a planned Query holds only non-empty values without wildcards or control characters, that
-  pydicom can hold as the C-FIND identifier's VR, and which are sent as they are: encoded as
-  pynetdicom encodes the C-FIND identifier, each value reads back unchanged, none a wildcard.
+- a planned Query holds only non-empty values without wildcards or control characters, within
+  their VR's length, that pydicom can hold as the C-FIND identifier's VR, and which are sent as
+  they are: encoded as pynetdicom encodes the C-FIND identifier, each value reads back unchanged,
+  none a wildcard;
+- a first row of values is never taken for a header; a row split by another delimiter than the
+  file's is never planned as one value; a quote never closed refuses the file at its line.
 
 Run: ``.venv/bin/python -m pytest tests/unit/test_fuzz_plan.py --hypothesis-show-statistics``.
 """
@@ -29,7 +32,9 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom import config as pydicom_config
+from pydicom.datadict import dictionary_VR
 from pydicom.dataset import Dataset
+from pydicom.valuerep import validate_value
 from pynetdicom.dsutils import decode, encode
 
 from niffler.cold_extraction.config import ColdConfig
@@ -107,7 +112,7 @@ def configs(draw: st.DrawFn) -> dict[str, Any]:
     attrs = st.one_of(st.sampled_from(KEYWORDS), st.sampled_from(["NoSuchKeyword", "", "patientid"]))
     index = st.integers(0, 7)
     return {
-        "NumberOfQueryAttributes": draw(st.integers(1, 3)),
+        "NumberOfQueryAttributes": draw(st.integers(0, 3)),
         "FirstAttr": draw(attrs), "FirstIndex": draw(index),
         "SecondAttr": draw(attrs), "SecondIndex": draw(index),
         "ThirdAttr": draw(attrs), "ThirdIndex": draw(index),
@@ -144,12 +149,31 @@ def csv_files(draw: st.DrawFn) -> bytes:
     return data
 
 
-def _records(data: bytes) -> list[list[str]] | None:
-    """The records of *data* as the csv module reads them, or None if it is not readable CSV."""
+def _records(data: bytes) -> list[tuple[int, list[str]]] | None:
+    """The records of a comma-separated *data* as the csv module reads them, each with the line it
+    starts on, blank lines left out; None if it is not readable CSV."""
     try:
-        return list(csv.reader(io.StringIO(data.decode("utf-8-sig"), newline="")))
+        reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""), skipinitialspace=True)
+        out, start = [], 1
+        for row in reader:
+            one_line = reader.line_num == start
+            if not (one_line and (not row or (len(row) == 1 and not row[0].strip()))):
+                out.append((start, row))
+            start = reader.line_num + 1
+        return out
     except (UnicodeDecodeError, csv.Error):
         return None
+
+
+def _comma_separated(data: bytes) -> bool:
+    """Whether the planner reads *data* as comma-separated: its header line has a comma, or no ; or tab."""
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return False
+    header = next((line for line in io.StringIO(text, newline="") if line.strip()), "")
+    header = re.sub(r'"[^"]*"', "", header)  # a quoted header name may hold any delimiter
+    return "," in header or not ({";", "\t"} & set(header))
 
 
 def _plan(tmp_path: Path, data: bytes, config: dict[str, Any]) -> tuple[list[Query | RowError], str | None]:
@@ -161,7 +185,10 @@ def _plan(tmp_path: Path, data: bytes, config: dict[str, Any]) -> tuple[list[Que
         return [], None
     try:
         return list(read_plan(path, cold)), None
-    except (InputError, ConfigError) as exc:
+    except InputError as exc:
+        return [], str(exc)
+    except ConfigError as exc:
+        assert re.match(r"(First|Second|Third)(Attr|Index)", str(exc)), exc  # names the key
         return [], str(exc)
 
 
@@ -178,16 +205,16 @@ def test_any_csv_is_planned_row_by_row_or_refused_with_a_located_error(
     RUNS["csv planner"] += 1
     items, refused = _plan(tmp_path, data, config)
     if refused is not None:
-        # The whole file is refused: the message says where (line) and never quotes a cell.
-        assert re.search(r"line \d+", refused), refused
+        # The whole file is refused: the message says where (a line, or the config key) and never
+        # quotes a cell.
+        assert re.search(r"line \d+|(First|Second|Third)(Attr|Index)", refused), refused
         _assert_no_marker(refused)
-        assert _records(data) is None, "read_plan refused a file the csv module reads"
         return
     records = _records(data)
     assert records is not None, "read_plan accepted a file the csv module can not read"
-    # One item per data row, in order, each named by the line it starts on (the header is line 1).
-    assert len(items) == max(len(records) - 1, 0)
-    assert [item.line for item in items] == [_physical_line(data, n) for n in range(2, len(records) + 1)]
+    if _comma_separated(data):
+        # One item per data row that is not a blank line, in order, each named by the line it starts on.
+        assert [item.line for item in items] == [line for line, _ in records[1:]]
     for item in items:
         assert isinstance(item, (Query, RowError))
         if isinstance(item, RowError):
@@ -198,6 +225,9 @@ def test_any_csv_is_planned_row_by_row_or_refused_with_a_located_error(
         for keyword, value in item.identifiers.items():
             assert value and value == value.strip(), (item.line, keyword)
             assert not re.search(r"[*?\\\x00-\x1f\x7f]", value), (item.line, keyword)
+            vr = dictionary_VR(keyword)
+            if vr in ("SH", "LO", "CS", "AE", "UI", "IS", "DS"):  # within the VR's repertoire and length
+                validate_value(vr, value, pydicom_config.RAISE)
 
 
 def _planned_queries(tmp_path: Path, data: bytes, config: dict[str, Any]) -> list[Query]:
@@ -256,14 +286,11 @@ def test_a_planned_query_is_never_sent_as_a_wildcard(
 
 
 def _physical_line(data: bytes, record: int) -> int:
-    """The line of the file on which record number *record* (1-based) starts."""
-    reader = csv.reader(io.StringIO(data.decode("utf-8-sig"), newline=""))
-    start = 1
-    for number, _ in enumerate(reader, start=1):
-        if number == record:
-            return start
-        start = reader.line_num + 1
-    raise AssertionError("no such record")
+    """The line of the file on which data row number *record* (the header is 1) starts, blank lines
+    left out."""
+    records = _records(data)
+    assert records is not None
+    return records[record - 1][0]
 
 
 @settings(max_examples=150, **_SETTINGS)
@@ -276,10 +303,92 @@ def test_a_row_error_names_the_line_of_the_file_it_is_on(
     """A row's error names the file line the row starts on, as a refused file's error does."""
     RUNS["csv planner: physical line"] += 1
     items, refused = _plan(tmp_path, data, config)
-    if refused is not None:
+    if refused is not None or not _comma_separated(data):
         return
     for index, item in enumerate(items, start=2):
         if isinstance(item, RowError):
             assert item.line == _physical_line(data, index), (
                 f"record {index} starts on line {_physical_line(data, index)}, its error says {item.line}"
             )
+
+
+#: Keywords a header may name in the modern form, with values each accepts.
+MATCHABLE = {
+    "PatientID": "000123", "AccessionNumber": "ACC1", "StudyDate": "20200106", "SeriesDate": "20200106",
+    "StudyInstanceUID": "1.2.3", "SeriesInstanceUID": "1.2.4", "Modality": "MR", "PatientName": "DOE^J",
+}  # fmt: skip
+_VALUE_WITH_DIGIT = st.from_regex(r"[A-Z]{0,3}[0-9]{1,10}[A-Z0-9./-]{0,8}", fullmatch=True)
+
+
+@settings(max_examples=150, **_SETTINGS)
+@given(
+    rows=st.lists(st.lists(_VALUE_WITH_DIGIT, min_size=1, max_size=4), min_size=1, max_size=5),
+    config=configs(),
+    ending=st.sampled_from(["\n", "\r\n"]),
+)
+def test_a_first_row_of_values_is_refused_not_taken_for_a_header(
+    tmp_path: Path, rows: list[list[str]], config: dict[str, Any], ending: str
+) -> None:
+    """A file without a header row is refused at line 1, whatever the config, and quotes no value."""
+    RUNS["csv planner: no header row"] += 1
+    data = ending.join(",".join(row) for row in rows).encode() + ending.encode()
+    items, refused = _plan(tmp_path, data, config)
+    if refused is None and not items:
+        return  # the config itself was refused by ColdConfig
+    assert refused is not None, f"a header-less file was planned: {items}"
+    if "Attr" in refused or "Index" in refused.split(":")[0]:
+        return  # a legacy key was refused first
+    assert "line 1" in refused, refused
+    for cell in {c for row in rows for c in row}:
+        assert f"'{cell}'" not in refused, (cell, refused)
+
+
+@settings(max_examples=150, **_SETTINGS)
+@given(
+    keywords=st.lists(st.sampled_from(sorted(MATCHABLE)), min_size=1, max_size=4, unique=True),
+    delimiter=st.sampled_from([",", ";", "\t"]),
+    values=st.lists(st.sampled_from(["00012345", "20200106", "ACC1", "1.2.3"]), min_size=2, max_size=3),
+    data=st.data(),
+)
+def test_a_row_split_by_another_delimiter_is_never_one_value(
+    tmp_path: Path, keywords: list[str], delimiter: str, values: list[str], data: st.DataObject
+) -> None:
+    """``00012345;20200106`` in a comma-separated file (and the like) is a row error, never a value."""
+    stray = data.draw(st.sampled_from([d for d in (",", ";", "\t") if d != delimiter]))
+    # A one-column header shows no delimiter: the file is comma-separated, and a comma splits the row.
+    split = len(keywords) == 1 and stray == ","
+    RUNS["csv planner: stray delimiter"] += 1
+    good = delimiter.join(MATCHABLE[k] for k in keywords)
+    where = data.draw(st.integers(0, len(keywords) - 1))
+    cells = [MATCHABLE[k] for k in keywords]
+    cells[where] = stray.join(values)
+    text = delimiter.join(keywords) + "\n" + good + "\n" + delimiter.join(cells) + "\n" + good + "\n"
+    items, refused = _plan(tmp_path, text.encode(), {})
+    assert refused is None, refused
+    first, broken, last = items
+    assert isinstance(first, Query) and isinstance(last, Query) and (first.line, last.line) == (2, 4)
+    assert isinstance(broken, RowError) and broken.line == 3, broken
+    assert f"column {2 if split else where + 1}" in broken.message, broken
+    assert stray.join(values) not in broken.message
+
+
+@settings(max_examples=150, **_SETTINGS)
+@given(
+    keywords=st.lists(st.sampled_from(sorted(MATCHABLE)), min_size=1, max_size=4, unique=True),
+    rows=st.integers(1, 6),
+    data=st.data(),
+)
+def test_a_quote_never_closed_refuses_the_file_at_its_line(
+    tmp_path: Path, keywords: list[str], rows: int, data: st.DataObject
+) -> None:
+    """A quote opened and never closed would swallow every later row: the file is refused, naming its line."""
+    RUNS["csv planner: unterminated quote"] += 1
+    lines = [",".join(keywords)] + [",".join(MATCHABLE[k] for k in keywords)] * rows
+    row = data.draw(st.integers(1, rows))
+    column = data.draw(st.integers(0, len(keywords) - 1))
+    cells = lines[row].split(",")
+    cells[column] = '"' + cells[column]
+    lines[row] = ",".join(cells)
+    items, refused = _plan(tmp_path, ("\n".join(lines) + "\n").encode(), {})
+    assert refused is not None, items
+    assert f"line {row + 1}: the quoted cell in column {column + 1} is never closed" in refused, refused
