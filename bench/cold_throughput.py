@@ -7,6 +7,9 @@ AccessionNumber CSV, alternating, several times, in the same run:
 - ``niffler-cold`` (a subprocess, as a user runs it): C-FIND then C-MOVE
   per row to its own Storage SCP, associations reused, MaxNifflerProcesses
   workers (1, 2 and 4 by default);
+- ``niffler-cold`` over DICOMweb (``Transport: dicomweb``) from the same
+  Orthanc through Debian's DICOMweb plugin: QIDO-RS then WADO-RS per row,
+  the same worker counts;
 - the baseline, as upstream worked: for each row, one DCMTK ``findscu``
   process to resolve the study, then one ``movescu`` process to move it
   to a DCMTK ``storescp``. ``TCP_NODELAY=1`` for the DCMTK tools, or
@@ -14,8 +17,9 @@ AccessionNumber CSV, alternating, several times, in the same run:
 
 Prints the median rows/s and instances/s of each, the ratio of the medians
 and the median of the per-repeat ratios (goals: >= 3x with 1 worker, >= 4x
-at the best worker count), and checks that both retrieved the same SOP
-instances. A niffler-cold run in which a C-MOVE of several studies failed
+at the best worker count), for DICOMweb also its ratio against DIMSE at the
+same worker count, and checks that all retrieved the same SOP instances.
+A niffler-cold run in which a C-MOVE of several studies failed
 (its studies then fetched one by one) is marked, and it and any run over
 twice the median of its column are listed at the end with their
 niffler-cold log (``-v``, kept in the work folder beside Orthanc's), so a
@@ -47,6 +51,7 @@ LOOPBACK = "127.0.0.1"
 GOAL_ONE_WORKER = 3.0
 GOAL_BEST = 4.0
 BASELINE = "baseline findscu+movescu"
+DICOMWEB = "niffler-cold dicomweb"
 _STUDY_UID = re.compile(r"\(0020,000d\) UI \[([0-9.]+)\]")
 #: What niffler-cold logs when a C-MOVE of several studies failed and they are fetched one by one.
 _FALLBACK = "the rest go one by one"
@@ -109,7 +114,7 @@ def main() -> None:
     table.write_text("PatientID,AccessionNumber\n" + "".join(f"{p},{a}\n" for p, a in rows))
     ours_port, base_port = free_port(), free_port()
     modalities = {"niffler": ("NIFFLER", LOOPBACK, ours_port), "baseline": ("BASELINE", LOOPBACK, base_port)}
-    with OrthancPACS(work / "orthanc", modalities=modalities) as orthanc:
+    with OrthancPACS(work / "orthanc", modalities=modalities, dicomweb=True) as orthanc:
         orthanc.upload([i.path for i in corpus])
         print(f"PACS: {len(rows)} studies, {len(corpus)} instances; {load_note()}; work folder {work}")
         configs = {}
@@ -121,12 +126,20 @@ def main() -> None:
                 "StorageFolder": str(work / "unused"),  # each run gets --storage-folder
                 "MaxNifflerProcesses": workers,
             }))  # fmt: skip
+            configs[-workers] = work / f"cold-dicomweb-{workers}.json"
+            configs[-workers].write_text(json.dumps({
+                "Transport": "dicomweb",
+                "DicomWebUrl": orthanc.dicomweb_url,
+                "StorageFolder": str(work / "unused"),
+                "MaxNifflerProcesses": workers,
+            }))  # fmt: skip
         times: dict[str, list[float]] = {BASELINE: []}
         times |= {f"niffler-cold x{w}": [] for w in args.workers}
+        times |= {f"{DICOMWEB} x{w}": [] for w in args.workers}
         runs: list[tuple[str, int, float, int, Path]] = []  # (column, repeat, s, failed list moves, log)
         want = {i.sop_uid for i in corpus}
         size = sum(i.path.stat().st_size for i in corpus)
-        folders = RunFolders(work / "out", args.repeats * (1 + len(args.workers)), size)
+        folders = RunFolders(work / "out", args.repeats * (1 + 2 * len(args.workers)), size)
         for repeat in range(args.repeats):
             out = folders.new("baseline")
             seconds = baseline(orthanc, rows, out, base_port)
@@ -134,35 +147,41 @@ def main() -> None:
             assert sop_uids(out) == want, "the baseline missed instances"
             folders.done(out)
             line = [f"baseline {seconds:.2f} s"]
-            for workers, config in configs.items():
-                name = f"niffler-cold x{workers}"
-                log = work / f"run{repeat + 1}-x{workers}.log"
-                out = folders.new(f"x{workers}")
+            for key, config in configs.items():  # DIMSE x1, x2..., then DICOMweb (negative keys)
+                workers, web = abs(key), key < 0
+                name = f"{DICOMWEB} x{workers}" if web else f"niffler-cold x{workers}"
+                tag = f"{'dicomweb-' if web else ''}x{workers}"
+                log = work / f"run{repeat + 1}-{tag}.log"
+                out = folders.new(tag)
                 seconds, failed = niffler(config, table, out, log)
                 times[name].append(seconds)
                 runs.append((name, repeat + 1, seconds, failed, log))
                 assert sop_uids(out) == want, "niffler-cold missed instances"
                 folders.done(out)
                 note = f" ({failed} list move(s) failed)" if failed else ""
-                line.append(f"x{workers} {seconds:.2f} s{note}")
+                line.append(f"{tag} {seconds:.2f} s{note}")
             print(f"  run {repeat + 1}: " + ", ".join(line) + f"   ({load_note()})", flush=True)
     medians = {name: statistics.median(t) for name, t in times.items()}
     slow = [run for run in runs if run[2] > 2 * medians[run[0]] or run[3]]
     print(f"\n{args.repeats} repeats, {load_note()} at the end")
-    print(f"{'retriever':26s} {'median s':>9s} {'rows/s':>8s} {'inst/s':>8s} {'ratio':>6s} {'per-rep':>8s}")
+    print(f"{'retriever':26s} {'median s':>9s} {'rows/s':>8s} {'inst/s':>8s} {'ratio':>6s} {'per-rep':>8s}"
+          f" {'vs DIMSE':>9s}")  # fmt: skip
     base = medians[BASELINE]
     for name, med in medians.items():
         per_repeat = median_ratio(times[BASELINE], times[name])
+        dimse = name.replace(DICOMWEB, "niffler-cold") if name.startswith(DICOMWEB) else ""
+        versus = f"{medians[dimse] / med:8.2f}x" if dimse else ""
         print(f"{name:26s} {med:9.2f} {len(rows) / med:8.1f} {len(corpus) / med:8.0f} "
-              f"{base / med:5.2f}x {per_repeat:7.2f}x")  # fmt: skip
+              f"{base / med:5.2f}x {per_repeat:7.2f}x {versus}")  # fmt: skip
     best = max(args.workers, key=lambda w: base / medians[f"niffler-cold x{w}"])
     if 1 in args.workers:
         one = base / medians["niffler-cold x1"]
         print(f"ratio with 1 worker: {one:.2f}x (goal >= {GOAL_ONE_WORKER:.0f}x)")
     print(f"ratio at the best worker count (x{best}): {base / medians[f'niffler-cold x{best}']:.2f}x "
           f"(goal >= {GOAL_BEST:.0f}x)")  # fmt: skip
-    print("ratio: median baseline seconds / median seconds; per-rep: median of the per-repeat ratios")
-    print("both retrieved the same SOP instances: yes")
+    print("ratio: median baseline seconds / median seconds; per-rep: median of the per-repeat ratios;")
+    print("vs DIMSE: median niffler-cold DIMSE seconds / median DICOMweb seconds, same worker count")
+    print("all retrieved the same SOP instances: yes")
     orthanc_log = work / "orthanc" / "orthanc.log"
     for name, repeat, seconds, failed, log in slow:
         print(f"outlier: {name} run {repeat} took {seconds:.2f} s (median {medians[name]:.2f} s), "

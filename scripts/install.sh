@@ -10,6 +10,7 @@ venv="${NIFFLER_VENV:-$root/.venv}"
 need_apt=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)  # not command -v: the venv has pynetdicom's storescu
+[ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)  # QIDO-RS/WADO-RS
 if [ "${#need_apt[@]}" -gt 0 ]; then
     sudo_cmd=()
     [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)

@@ -9,14 +9,17 @@ from typing import Any
 
 import click
 
-from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, ColdConfig
+from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, TRANSPORTS, ColdConfig
+from niffler.cold_extraction.dicomweb import HttpSettings
+from niffler.cold_extraction.dicomweb import echo as dicomweb_echo
 from niffler.cold_extraction.plan import Query, read_plan
 from niffler.cold_extraction.retrieve import echo
 from niffler.cold_extraction.run import ColdRun
 from niffler.common.cli import EXIT_CODES_HELP, NifflerGroup, fail_cleanly, logging_options, setup_logging
 from niffler.common.config import load_config, log_config
-from niffler.common.errors import ConfigError, InputError
+from niffler.common.errors import ConfigError, DicomNetworkError, InputError
 from niffler.net.address import AEAddress
+from niffler.net.scu import RetrievalFailed
 
 __all__ = ["load_cold_config", "main"]
 
@@ -43,6 +46,8 @@ def load_cold_config(config_paths: tuple[Path, ...], overrides: dict[str, Any]) 
     "--storage-folder", type=click.Path(file_okay=False, path_type=Path), help="overrides StorageFolder"
 )
 @click.option("--mode", type=click.Choice(MODES), help="overrides Mode (and a CFIND-* FilePath)")
+@click.option("--transport", type=click.Choice(TRANSPORTS), help="dimse or dicomweb (overrides Transport)")
+@click.option("--dicomweb-url", help="the archive's DICOMweb root URL (overrides DicomWebUrl)")
 @click.option("--src-aet", help="the PACS as AET@host:port (overrides SrcAet)")
 @click.option("--query-aet", help="our AE title and listening port as AET:port (overrides QueryAet)")
 @click.option("--dest-aet", help="an external C-MOVE destination AE title (overrides DestAet)")
@@ -55,6 +60,9 @@ def load_cold_config(config_paths: tuple[Path, ...], overrides: dict[str, Any]) 
 def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> None:
     """Retrieve every study (or series) the CSV names from the PACS (C-FIND, then C-MOVE or C-GET).
 
+    With --transport dicomweb: QIDO-RS, then WADO-RS from DicomWebUrl; the
+    password or token comes from an environment variable, never the config.
+
     Re-running the same command resumes: rows already retrieved are skipped.
     Writes retrieval-report.csv into the storage folder. Exits 0 when every
     row was served, 2 when some rows failed or were invalid, 1 on errors
@@ -66,6 +74,8 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
         "CsvFile": str(options["csv_path"]) if options["csv_path"] else None,
         "StorageFolder": options["storage_folder"],
         "Mode": options["mode"],
+        "Transport": options["transport"],
+        "DicomWebUrl": options["dicomweb_url"],
         "SrcAet": options["src_aet"],
         "QueryAet": options["query_aet"],
         "DestAet": options["dest_aet"],
@@ -102,10 +112,16 @@ def _interrupt(signum: int, frame: object) -> None:
 def _dry_run(config: ColdConfig, csv_path: Path) -> int:
     """Print each row's plan: line, how it is served, and the C-FIND identifiers; return the invalid rows."""
     mode = config.mode
+    web = config.Transport == "dicomweb"
+    if web and mode in ("move", "get"):
+        mode = "wado-rs"
     invalid = 0
     for item in read_plan(csv_path, config):
         if isinstance(item, Query):
-            click.echo(f"line {item.line}: {_describe_queries(item)} -> {mode}")
+            plan = _describe_queries(item)
+            if web:  # the same identifiers, as QIDO-RS searches
+                plan = plan.replace("C-FIND", "QIDO-RS")
+            click.echo(f"line {item.line}: {plan} -> {mode}")
         else:
             invalid += 1
             click.echo(f"line {item.line}: invalid: {item.message}")
@@ -130,7 +146,15 @@ def _describe_queries(query: Query) -> str:
 @click.pass_obj
 @fail_cleanly
 def echo_command(config: ColdConfig) -> None:
-    """C-ECHO the PACS (SrcAet) and say what failed if it does not answer."""
+    """C-ECHO the PACS (SrcAet), or over DICOMweb send one QIDO-RS search; say what failed, if anything."""
+    if config.Transport == "dicomweb":
+        settings = HttpSettings.from_config(config)
+        try:
+            status = dicomweb_echo(settings)
+        except RetrievalFailed as exc:
+            raise DicomNetworkError(str(exc)) from None
+        click.echo(f"QIDO-RS {settings.url}: {status}")
+        return
     if not config.SrcAet:
         raise ConfigError("SrcAet is empty: name the PACS as AET@host:port")
     peer = AEAddress.parse(config.SrcAet, "SrcAet")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from niffler.common.config import setting
 from niffler.common.errors import ConfigError
@@ -12,7 +14,7 @@ from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net.address import AEAddress, validate_ae_title
 from niffler.net.syntaxes import POLICIES
 
-__all__ = ["ANY_CALLING_AET", "MODES", "QUERY_ONLY_MODES", "ColdConfig"]
+__all__ = ["ANY_CALLING_AET", "DICOMWEB_AUTH", "MODES", "QUERY_ONLY_MODES", "TRANSPORTS", "ColdConfig"]
 
 #: An AllowedCallingAets entry that lets any calling AE title store to our receiver.
 ANY_CALLING_AET = "*"
@@ -22,12 +24,21 @@ QUERY_ONLY_MODES = ("CFIND-ONLY", "CFIND-DETAILED")
 #: How rows are served: C-MOVE to a Storage SCP, C-GET on the query
 #: association, or C-FIND only (the two upstream FilePath sentinels).
 MODES = ("move", "get", "cfind-only", "cfind-detailed")
+#: How Niffler talks to the archive: DIMSE (C-FIND, C-MOVE/C-GET) or DICOMweb (QIDO-RS, WADO-RS; PS3.18).
+TRANSPORTS = ("dimse", "dicomweb")
+#: How the DICOMweb requests authenticate: not at all, HTTP basic, or a bearer token.
+DICOMWEB_AUTH = ("none", "basic", "bearer")
 
 
 @dataclass(frozen=True)
 class ColdConfig:
     """Settings of a retrospective retrieval run (upstream key names)."""
 
+    Transport: str = setting(
+        "dimse",
+        "dimse: C-FIND, then C-MOVE or C-GET from SrcAet; dicomweb: QIDO-RS, then WADO-RS from DicomWebUrl",
+        choices=TRANSPORTS,
+    )
     SrcAet: str = setting("", "the PACS to query and retrieve from, as AET@host:port")
     QueryAet: str = setting("NIFFLER:4243", "our AE title and the port our Storage SCP listens on, AET:port")
     DestAet: str = setting("", "C-MOVE destination AE title; empty means QueryAet's (our own receiver)")
@@ -70,7 +81,12 @@ class ColdConfig:
     DateFormat: str = setting("%Y%m%d", "strptime format of StudyDate cells")
     SendEmail: bool = setting(False, "e-mail YourEmail when the run completes")
     YourEmail: str = setting("", "address for the completion e-mail", secret=False)
-    Mode: str = setting("move", "move (C-MOVE), get (C-GET), cfind-only or cfind-detailed", choices=MODES)
+    Mode: str = setting(
+        "move",
+        "move (C-MOVE), get (C-GET), cfind-only or cfind-detailed; with Transport dicomweb, move and get "
+        "both retrieve with WADO-RS",
+        choices=MODES,
+    )
     StudiesPerMove: int = setting(
         10,
         "studies one C-MOVE / C-GET asks for, as a list of StudyInstanceUIDs (1: one study each)",
@@ -83,9 +99,31 @@ class ColdConfig:
     )
     TimeoutSeconds: float = setting(
         120.0,
-        "give up on a PACS that sends nothing for this long (association, DIMSE, network)",
+        "give up on a PACS that sends nothing for this long (association, DIMSE, network; HTTP reads)",
         minimum=1,
         maximum=86400,
+    )
+    DicomWebUrl: str = setting(
+        "", "Transport dicomweb: the archive's DICOMweb root, e.g. https://pacs.example.org/dicom-web"
+    )
+    DicomWebAuth: str = setting(
+        "none",
+        "Transport dicomweb: none, basic (DicomWebUser + the password in the environment variable "
+        "DicomWebPasswordEnv names) or bearer (the token in the variable DicomWebTokenEnv names)",
+        choices=DICOMWEB_AUTH,
+    )
+    DicomWebUser: str = setting("", "user name for DicomWebAuth basic; empty: $NIFFLER_DICOMWEB_USER")
+    DicomWebPasswordEnv: str = setting(
+        "NIFFLER_DICOMWEB_PASSWORD", "environment variable holding the basic-auth password (never the file)"
+    )
+    DicomWebTokenEnv: str = setting(
+        "NIFFLER_DICOMWEB_TOKEN", "environment variable holding the bearer token (never the file)"
+    )
+    DicomWebVerifyTls: bool = setting(
+        True, "verify the archive's TLS certificate and host name (https); false only for a test archive"
+    )
+    DicomWebCaBundle: str = setting(
+        "", "PEM file of the CA certificates that sign the archive's certificate; empty: certifi's bundle"
     )
 
     @property
@@ -122,7 +160,30 @@ class ColdConfig:
         for title in self.AllowedCallingAets:
             if title != ANY_CALLING_AET:
                 validate_ae_title(title, "AllowedCallingAets entry")
+        if self.DicomWebUrl:
+            _check_dicomweb_url(self.DicomWebUrl)
+        for key in ("DicomWebPasswordEnv", "DicomWebTokenEnv"):
+            if not _ENV_NAME.fullmatch(getattr(self, key)):
+                raise ConfigError(f"{key} must name an environment variable (letters, digits, _)")
         if self.FilePath not in QUERY_ONLY_MODES:
             FileTemplate.parse(self.FilePath)
         elif self.Mode == "get":
             raise ConfigError(f"Mode {self.Mode!r} needs a FilePath template, not {self.FilePath!r}")
+
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _check_dicomweb_url(url: str) -> None:
+    """Refuse a DicomWebUrl that is not an http(s) URL, or that carries credentials or a query."""
+    parts = urlsplit(url.strip())
+    # The URL is never echoed: a mistyped one may hold a password.
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("DicomWebUrl must be an http:// or https:// URL")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(
+            "DicomWebUrl must not carry a user name or password: set DicomWebAuth basic, DicomWebUser "
+            "and the password in the environment variable DicomWebPasswordEnv names"
+        )
+    if parts.query or parts.fragment:
+        raise ConfigError("DicomWebUrl must be the DICOMweb root, without a query or fragment")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from niffler.cold_extraction.report import Summary
 from niffler.cold_extraction.resolve import Resolved
-from niffler.cold_extraction.retrieve import PacsSession, Receipts, RetrievalFailed
+from niffler.cold_extraction.retrieve import Receipts, RetrievalFailed, Session
 from niffler.cold_extraction.retry import Retrier, Stopped
 from niffler.cold_extraction.verdict import (
     COUNT_KEY,
@@ -93,7 +93,7 @@ class Fetcher:
         self._list_misses = 0
         self._one_per_move = threading.Event()
 
-    def fetch(self, session: PacsSession, rows: Sequence[Resolved]) -> dict[Key, Outcome]:
+    def fetch(self, session: Session, rows: Sequence[Resolved]) -> dict[Key, Outcome]:
         """Retrieve every target of *rows* not done earlier; map each target's key to its outcome.
 
         Raise :class:`Stopped` when the run stops (the rows stay pending).
@@ -126,7 +126,7 @@ class Fetcher:
         self.receipts.forget(target.key)
         return Outcome(received)
 
-    def _together(self, session: PacsSession, targets: list[Target]) -> dict[Key, Outcome]:
+    def _together(self, session: Session, targets: list[Target]) -> dict[Key, Outcome]:
         """One C-MOVE / C-GET of several targets; return those that arrived whole, marked done."""
         receipts = session.receipts
         assert receipts is not None
@@ -161,7 +161,7 @@ class Fetcher:
                             "at a time from now on", session.verb)  # fmt: skip
         return done
 
-    def _alone(self, session: PacsSession, line: int, target: Target) -> Outcome:
+    def _alone(self, session: Session, line: int, target: Target) -> Outcome:
         """Retrieve and verify one target, with retries; its outcome (failed ones marked failed)."""
         receipts = session.receipts
         last: list[Transfer] = []

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from niffler.cold_extraction.plan import Query
-from niffler.cold_extraction.retrieve import PacsSession
+from niffler.cold_extraction.retrieve import Session
 
 __all__ = ["Jobs", "WorkerPool"]
 
@@ -60,19 +60,19 @@ class Jobs:
 
 
 #: A worker's loop: serve rows from the jobs with one session until it gets None.
-Work = Callable[[PacsSession, Jobs], None]
+Work = Callable[[Session, Jobs], None]
 
 
 class WorkerPool:
     """Run *work* on one thread per session; :meth:`run` feeds them and waits."""
 
-    def __init__(self, sessions: Sequence[PacsSession], work: Work, stop: threading.Event) -> None:
+    def __init__(self, sessions: Sequence[Session], work: Work, stop: threading.Event) -> None:
         self.sessions = list(sessions)
         self.work = work
         self.stop = stop
         self.jobs = Jobs(2 * len(self.sessions), stop)
 
-    def _worker(self, session: PacsSession) -> None:
+    def _worker(self, session: Session) -> None:
         try:
             self.work(session, self.jobs)
         finally:

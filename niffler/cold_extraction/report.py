@@ -155,6 +155,8 @@ class Summary:
 
     mode: str
     report: Path
+    #: What the transfers are called in :meth:`describe`; empty: C-MOVE or C-GET by the mode.
+    transfer_verb: str = ""
     rows: int = 0
     retrieved: int = 0
     done_before: int = 0
@@ -196,7 +198,8 @@ class Summary:
     def _in_transfers(self) -> str:
         if self.mode.startswith("cfind"):
             return ""
-        return f" in {self.transfers} {'C-GET' if self.mode == 'get' else 'C-MOVE'}(s)"
+        verb = self.transfer_verb or ("C-GET" if self.mode == "get" else "C-MOVE")
+        return f" in {self.transfers} {verb}(s)"
 
     def describe(self) -> str:
         what = "matched" if self.mode.startswith("cfind") else "retrieved"

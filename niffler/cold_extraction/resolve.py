@@ -23,7 +23,7 @@ from functools import partial
 from typing import TypeVar
 
 from niffler.cold_extraction.plan import Query
-from niffler.cold_extraction.retrieve import SERIES_RESOLVE_KEYS, PacsSession, distinct_matches
+from niffler.cold_extraction.retrieve import SERIES_RESOLVE_KEYS, Session, distinct_matches
 from niffler.cold_extraction.verdict import Target
 
 __all__ = ["Resolved", "resolve"]
@@ -58,7 +58,7 @@ class Resolved:
 
 
 def resolve(
-    session: PacsSession,
+    session: Session,
     query: Query,
     study_keys: Sequence[str],
     attempt: Attempt[list[dict[str, str]]],
@@ -103,7 +103,7 @@ def resolve(
 
 
 def _studies_of(
-    session: PacsSession,
+    session: Session,
     targets: list[Target],
     studies: list[dict[str, str]] | None,
     study_keys: Sequence[str],

@@ -18,7 +18,7 @@ import contextlib
 import errno
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from niffler.cold_extraction.verdict import UNIQUE_KEY, Target, Transfer
 from niffler.net.scu import QueryRetrieveSession, RetrievalFailed, describe_status, echo
@@ -32,6 +32,7 @@ __all__ = [
     "PacsSession",
     "Receipts",
     "RetrievalFailed",
+    "Session",
     "describe_status",
     "distinct_matches",
     "echo",
@@ -179,6 +180,38 @@ class Receipts:
             for key in sorted(set(keys)):
                 stack.enter_context(self.exclusive(key))
             yield
+
+
+class Session(Protocol):
+    """The transport seam: what one worker's session to the archive offers the run.
+
+    :class:`PacsSession` (DIMSE: C-FIND, C-MOVE/C-GET) and
+    :class:`~niffler.cold_extraction.dicomweb.DicomWebSession` (QIDO-RS,
+    WADO-RS) are the two; resolving, the verdict, the ledger and the report
+    see only this.
+    """
+
+    @property
+    def receipts(self) -> Receipts | None:
+        """Counts what arrives; None when an external AE receives the files."""
+
+    @property
+    def verb(self) -> str:
+        """The retrieval, for messages: ``C-MOVE``, ``C-GET`` or ``WADO-RS``."""
+
+    def find_distinct(
+        self, identifiers: Mapping[str, str], return_keys: Sequence[str], level: str = "STUDY"
+    ) -> list[dict[str, str]]:
+        """The matches of *identifiers* at *level* (STUDY or SERIES), one per study or series."""
+
+    def transfer(self, targets: Sequence[Target]) -> Transfer:
+        """Retrieve the targets; how it ended and what was stored (see the verdict module)."""
+
+    def drop(self) -> None:
+        """Cut the connection (after a failure, or to interrupt a transfer in flight)."""
+
+    def close(self) -> None:
+        """Close the connection politely."""
 
 
 class PacsSession(QueryRetrieveSession):

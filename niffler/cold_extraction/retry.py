@@ -9,7 +9,7 @@ from typing import TypeVar
 
 from niffler.net.scu import RetrievalFailed
 
-__all__ = ["Retrier", "Stopped"]
+__all__ = ["PermanentFailure", "Retrier", "Stopped"]
 
 log = logging.getLogger(__name__)
 
@@ -20,8 +20,14 @@ class Stopped(Exception):
     """The run is stopping (Ctrl-C, SIGTERM, a full disk): leave the row pending."""
 
 
+class PermanentFailure(RetrievalFailed):
+    """An attempt failed in a way a retry can not fix (an HTTP 4xx: unauthorized, not found): not retried."""
+
+
 class Retrier:
     """Run a request, retrying a :class:`RetrievalFailed` *retries* times, *delay* doubling each time.
+
+    A :class:`PermanentFailure` is raised at once.
 
     Every wait ends early when *stop* is set, raising :class:`Stopped`.
     """
@@ -38,6 +44,8 @@ class Retrier:
                 raise Stopped
             try:
                 return call()
+            except PermanentFailure:
+                raise
             except RetrievalFailed as exc:
                 if self.stop.is_set():
                     raise Stopped from None

@@ -24,7 +24,7 @@ from niffler.cold_extraction.pool import Jobs
 from niffler.cold_extraction.progress import Progress
 from niffler.cold_extraction.report import Summary
 from niffler.cold_extraction.resolve import Resolved, resolve
-from niffler.cold_extraction.retrieve import PacsSession, RetrievalFailed
+from niffler.cold_extraction.retrieve import RetrievalFailed, Session
 from niffler.cold_extraction.retry import Retrier, Stopped
 from niffler.common.ledger import Ledger
 
@@ -76,7 +76,7 @@ class RowWorker:
         self.per_move = per_move
         self.wait_for_window = wait_for_window
 
-    def __call__(self, session: PacsSession, jobs: Jobs) -> None:
+    def __call__(self, session: Session, jobs: Jobs) -> None:
         """Serve rows until the end marker."""
         waiting: list[Resolved] = []
         while (query := jobs.get()) is not None:
@@ -97,7 +97,7 @@ class RowWorker:
         log.warning("line %d failed: %s", query.line, error)
         self.progress.advance()
 
-    def _resolve(self, session: PacsSession, query: Query) -> Resolved | None:
+    def _resolve(self, session: Session, query: Query) -> Resolved | None:
         """C-FIND one row; finish it unless targets remain to retrieve (then return them)."""
         detail: dict[str, Any] = {"line": query.line}
         query_only = self.mode.startswith("cfind")
@@ -130,7 +130,7 @@ class RowWorker:
             return None
         return resolved
 
-    def _retrieve(self, session: PacsSession, rows: list[Resolved]) -> None:
+    def _retrieve(self, session: Session, rows: list[Resolved]) -> None:
         """Retrieve the targets of resolved rows, then finish each row; rows stay pending on stop."""
         try:
             outcomes = self.fetcher.fetch(session, rows)

@@ -9,7 +9,9 @@ The pieces, each readable on its own:
 - :mod:`~niffler.cold_extraction.resolve`: C-FIND, a row -> studies or series;
 - :mod:`~niffler.cold_extraction.fetch` and :mod:`~niffler.cold_extraction.verdict`:
   C-MOVE/C-GET and whether a study or series arrived whole;
-- :mod:`~niffler.cold_extraction.report`: the summary and the CSV outputs.
+- :mod:`~niffler.cold_extraction.report`: the summary and the CSV outputs;
+- :mod:`~niffler.cold_extraction.dicomweb`: with Transport dicomweb, QIDO-RS
+  and WADO-RS behind the same session seam in place of C-FIND and C-MOVE/C-GET.
 
 This module wires them: the progress ledger (``.niffler-cold-progress.sqlite``
 in StorageFolder, the record of what was retrieved; ``fresh`` forgets it),
@@ -29,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 
 from niffler.cold_extraction.config import ColdConfig
+from niffler.cold_extraction.dicomweb import DicomWebSession, HttpSettings
 from niffler.cold_extraction.feed import feed_rows
 from niffler.cold_extraction.fetch import NAMESPACES, Fetcher
 from niffler.cold_extraction.plan import Query, read_plan, seconds_until_window
@@ -41,6 +44,7 @@ from niffler.cold_extraction.retrieve import (
     RESOLVE_KEYS,
     PacsSession,
     Receipts,
+    Session,
 )
 from niffler.cold_extraction.retry import Retrier, Stopped
 from niffler.cold_extraction.rows import RowWorker
@@ -91,7 +95,9 @@ class ColdRun:
         show_progress: bool | None = None,
         now: Callable[[], datetime] = datetime.now,
     ) -> None:
-        if not config.SrcAet:
+        #: With Transport dicomweb, where the archive is and the credentials (from the environment).
+        self.web = HttpSettings.from_config(config) if config.Transport == "dicomweb" else None
+        if self.web is None and not config.SrcAet:
             raise ConfigError("SrcAet is empty: name the PACS as AET@host:port")
         self.config = config
         self.csv_path = csv_path
@@ -104,15 +110,23 @@ class ColdRun:
             "cfind-only": CFIND_ONLY_KEYS,
             "cfind-detailed": CFIND_DETAILED_KEYS,
         }.get(self.mode, RESOLVE_KEYS)
-        self.peer = AEAddress.parse(config.SrcAet, "SrcAet")
+        self.peer = AEAddress.parse(config.SrcAet, "SrcAet") if self.web is None else None
         self.query_aet = AEAddress.parse(config.QueryAet, "QueryAet")
-        self.local_receiver = self.mode == "move" and config.DestAet.strip() in ("", self.query_aet.title)
+        self.local_receiver = (
+            self.web is None and self.mode == "move" and config.DestAet.strip() in ("", self.query_aet.title)
+        )
         self.stop = threading.Event()
         self.receipts = Receipts()
         self.storage = config.StorageFolder
         self.summary = Summary(self.mode, self.storage / REPORT_NAME)
+        #: Studies (series) per transfer: WADO-RS asks for one at a time.
+        self.per_move = 1 if self.web is not None else config.StudiesPerMove
+        if self.web is not None:
+            self.summary.transfer_verb = "WADO-RS request"
 
-    def _session(self, writer: InstanceWriter | None) -> PacsSession:
+    def _session(self, writer: InstanceWriter | None) -> Session:
+        if self.web is not None:
+            return DicomWebSession(self.web, mode=self.mode, receipts=self.receipts, writer=writer)
         counts = self.mode == "get" or self.local_receiver
         return PacsSession(
             peer=self.peer,
@@ -127,8 +141,8 @@ class ColdRun:
 
     def receiver(self) -> StorageSCP | None:
         """Our Storage SCP for C-MOVE, closed to all but the PACS and AllowedCallingAets; None if external."""
-        if not self.local_receiver:
-            if self.mode == "move":
+        if not self.local_receiver or self.peer is None:  # no peer: DICOMweb, nothing to receive
+            if self.mode == "move" and self.web is None:
                 log.info("C-MOVE destination %s is external: no local receiver started", self.config.DestAet)
             return None
         allowed = self.config.receiver_calling_aets
@@ -159,13 +173,16 @@ class ColdRun:
                         ledger.reset(namespace)
             if receiver is not None:
                 receiver.start()
-            log.info("%s", accel.describe())
+            if self.web is not None:
+                self.web.warn_if_cleartext()
+            else:
+                log.info("%s", accel.describe())
             fetcher = Fetcher(
                 ledger=ledger,
                 summary=self.summary,
                 retrier=Retrier(self.config.Retries, self.config.RetryDelaySeconds, self.stop),
                 receipts=self.receipts,
-                per_move=self.config.StudiesPerMove,
+                per_move=self.per_move,
                 storage=self.storage,
             )
             progress = Progress(total, self.receipts, fetcher.tally, self.show_progress)
@@ -185,7 +202,8 @@ class ColdRun:
     def _serve(self, ledger: Ledger, fetcher: Fetcher, progress: Progress) -> bool:
         """Serve the rows with the worker pool; return True if interrupted."""
         writer = None
-        if self.mode == "get":  # one writer for every C-GET association
+        retrieving = self.mode in ("move", "get")
+        if self.mode == "get" or (self.web is not None and retrieving):  # one for every C-GET / WADO-RS
             writer = InstanceWriter(self.storage, self.config.FilePath)
             writer.prepare()
         work = RowWorker(
@@ -197,7 +215,7 @@ class ColdRun:
             retrier=fetcher.retrier,
             fetcher=fetcher,
             progress=progress,
-            per_move=self.config.StudiesPerMove,
+            per_move=self.per_move,
             wait_for_window=self._wait_for_window,
         )
         sessions = [self._session(writer) for _ in range(self.config.MaxNifflerProcesses)]

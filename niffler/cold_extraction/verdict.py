@@ -23,6 +23,7 @@ from niffler.net.scu import describe_status
 __all__ = [
     "COUNT_KEY",
     "LEVELS",
+    "QUERY_OF",
     "UNIQUE_KEY",
     "Target",
     "Transfer",
@@ -35,6 +36,8 @@ __all__ = [
 LEVELS = ("STUDY", "SERIES")
 #: The unique key of each level.
 UNIQUE_KEY = {"STUDY": "StudyInstanceUID", "SERIES": "SeriesInstanceUID"}
+#: The query that reports the counts a retrieval is checked against, by the retrieval's verb.
+QUERY_OF = {"C-MOVE": "C-FIND", "C-GET": "C-FIND", "WADO-RS": "QIDO-RS"}
 #: The C-FIND return key holding each level's instance count.
 COUNT_KEY = {"STUDY": "NumberOfStudyRelatedInstances", "SERIES": "NumberOfSeriesRelatedInstances"}
 
@@ -113,7 +116,8 @@ def verify_transfer(
         )
     got = transfer.received if transfer.received is not None else transfer.completed
     if expected is not None and got is not None and got != expected:
-        return f"retrieved {got} instance(s) but C-FIND reported {count_name} {expected}"
+        query = QUERY_OF.get(verb, "C-FIND")
+        return f"retrieved {got} instance(s) but {query} reported {count_name} {expected}"
     if expected is not None and got is None:
         return "the PACS reported no sub-operation counts, so the transfer can not be verified"
     if expected is None and got == 0:

@@ -14,7 +14,10 @@ The guards (house rule: no PHI in a log, at any verbosity):
 - pydicom's own log records lose their text (that it warned shows at -v);
 - pynetdicom's records show only with -v (Niffler's own message says what
   failed), and lose any SOP Instance UID, any quoted value and any exception
-  text; with -vv (its INFO) it does not log C-FIND identifiers.
+  text; with -vv (its INFO) it does not log C-FIND identifiers;
+- httpx and httpcore (niffler-cold over DICOMweb) never show: their records
+  name request URLs, which hold UIDs and QIDO-RS query values (Niffler's own
+  message names the HTTP status).
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ class _NoValues(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         library = _library(record)
+        if library in ("httpx", "httpcore"):
+            return False
         if library == "pydicom":
             # Its warnings quote values (a character set, a UID); that it warned
             # is left, for -v.
@@ -116,6 +121,8 @@ def configure_process(level: int, *, dicom_traffic: bool = False) -> None:
 
         traffic = accel.withhold_identifiers()
     logging.getLogger("pynetdicom").setLevel(logging.DEBUG if traffic else logging.WARNING)
+    for library in ("httpx", "httpcore"):  # withheld by the filter anyway; not even made
+        logging.getLogger(library).setLevel(logging.WARNING)
     configure_pydicom()
 
 

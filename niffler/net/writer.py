@@ -8,13 +8,19 @@ wants), then writes preamble + File Meta Information + the bytes exactly as
 received to a temporary name inside the storage folder and renames it into
 place, so a reader never sees half a file. A failed write answers 0xA700 (out
 of resources) and an unparseable dataset 0xC210 (cannot understand); neither
-raises across the network (PS3.4 Annex B.2.3).
+raises across the network (PS3.4 Annex B.2.3). A dataset whose bytes arrive in
+pieces (a WADO-RS part of niffler-cold over DICOMweb) goes through
+:class:`InstanceStream`: straight to the temp file as it arrives, then the same
+checks and the same placement.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
+import mmap
+import os
 import re
 import struct
 import uuid
@@ -34,7 +40,7 @@ from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_
 from pynetdicom.association import Association
 from pynetdicom.dimse_primitives import C_STORE
 
-from niffler.common.atomic import atomic_write
+from niffler.common.atomic import atomic_write, temp_name
 from niffler.common.errors import InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net import accel
@@ -47,6 +53,7 @@ __all__ = [
     "STATUS_CANNOT_UNDERSTAND",
     "STATUS_OUT_OF_RESOURCES",
     "STATUS_SUCCESS",
+    "InstanceStream",
     "InstanceWriter",
     "StoredInstance",
     "TruncatedDataset",
@@ -279,6 +286,19 @@ class InstanceWriter:
         never left in place.
         """
         ts = UID(transfer_syntax)
+        placed = self._place(raw, ts, sop_class_uid, sop_uid, calling_aet)
+        preamble = encode_part10_header(placed.sop_class_uid, placed.sop_uid, str(ts), calling_aet)
+
+        # The temp file goes to the incoming folder, so prepare() can drop what a crash left.
+        with atomic_write(placed.path, "wb", fsync=self.fsync, temp_dir=self.incoming) as handle:
+            handle.write(preamble)
+            handle.write(raw)
+        return dataclasses.replace(placed, size=len(preamble) + len(raw))
+
+    def _place(
+        self, raw: bytes | memoryview, ts: UID, sop_class_uid: str, sop_uid: str, calling_aet: str
+    ) -> StoredInstance:
+        """Return where the encoded dataset *raw* belongs (``size`` 0), after :meth:`write`'s checks."""
         if not ts.is_deflated:  # a deflated stream would have to be inflated to be walked
             problem = truncation(raw, ts.is_implicit_VR, ts.is_little_endian)
             if problem is not None:
@@ -298,24 +318,27 @@ class InstanceWriter:
         for keyword, uid in (("SOPInstanceUID", sop_uid), ("SOPClassUID", sop_class_uid)):
             if not _UID_TEXT.fullmatch(uid):
                 raise InputError(f"received dataset's {keyword} is not a UID (64 ASCII characters at most)")
-        target = self.template.path_in(self.storage_folder, header)
-
-        preamble = encode_part10_header(sop_class_uid, sop_uid, str(ts), calling_aet)
-
-        # The temp file goes to the incoming folder, so prepare() can drop what a crash left.
-        with atomic_write(target, "wb", fsync=self.fsync, temp_dir=self.incoming) as handle:
-            handle.write(preamble)
-            handle.write(raw)
         return StoredInstance(
-            path=target,
+            path=self.template.path_in(self.storage_folder, header),
             study_uid=str(header.get(_STUDY_UID, "")),
             series_uid=str(header.get(_SERIES_UID, "")),
             sop_uid=sop_uid,
             sop_class_uid=sop_class_uid,
             transfer_syntax=str(ts),
             calling_aet=calling_aet,
-            size=len(preamble) + len(raw),
+            size=0,
         )
+
+    def stream(
+        self, transfer_syntax: str, sop_class_uid: str, sop_uid: str, calling_aet: str = ""
+    ) -> InstanceStream:
+        """Return a writer for one dataset whose bytes arrive in pieces (a WADO-RS part).
+
+        Its bytes go straight to a temp file in the incoming folder, never
+        whole into memory; :meth:`InstanceStream.finish` makes the checks of
+        :meth:`write` on the file and renames it into place.
+        """
+        return InstanceStream(self, transfer_syntax, sop_class_uid, sop_uid, calling_aet)
 
     def _quarantine(
         self, raw: bytes | memoryview, transfer_syntax: str, sop_class_uid: str, sop_uid: str, calling: str
@@ -423,6 +446,94 @@ class InstanceWriter:
             )
 
         return serve
+
+
+class InstanceStream:
+    """One dataset written as its bytes arrive: :meth:`write` each piece, then :meth:`finish`.
+
+    The preamble and File Meta Information go first, from the UIDs the
+    sender announced (a WADO-RS part's own meta header), then the dataset's
+    bytes exactly as received, into a temp file in the incoming folder. At
+    :meth:`finish` the file is mapped (the page cache, not a copy in memory)
+    and checked as :meth:`InstanceWriter.write` checks a received dataset; it
+    is then renamed into place, or rewritten when the dataset names another
+    SOP Instance or Class UID than was announced. Any error removes the temp file.
+    """
+
+    def __init__(
+        self, writer: InstanceWriter, transfer_syntax: str, sop_class_uid: str, sop_uid: str, calling_aet: str
+    ) -> None:
+        self._writer = writer
+        self._ts = UID(transfer_syntax)
+        self._sop_class_uid = sop_class_uid
+        self._sop_uid = sop_uid
+        self._calling_aet = calling_aet
+        self._preamble = encode_part10_header(sop_class_uid, sop_uid, str(self._ts), calling_aet)
+        self._temp = writer.incoming / temp_name(f"{uuid.uuid4().hex}.dcm")
+        try:
+            self._handle = open(self._temp, "wb")  # noqa: SIM115 - closed by finish() or discard()
+        except FileNotFoundError:
+            writer.incoming.mkdir(parents=True, exist_ok=True)
+            self._handle = open(self._temp, "wb")  # noqa: SIM115
+        try:
+            self._handle.write(self._preamble)
+        except BaseException:
+            self.discard()
+            raise
+        #: Bytes of the dataset written so far.
+        self.size = 0
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append received dataset bytes; on an error the temp file is removed."""
+        try:
+            self._handle.write(data)
+        except BaseException:
+            self.discard()
+            raise
+        self.size += len(data)
+
+    def discard(self) -> None:
+        """Drop what was written (a part cut short)."""
+        self._handle.close()
+        self._temp.unlink(missing_ok=True)
+
+    def finish(self) -> StoredInstance:
+        """Return where the dataset was stored; raise as :meth:`InstanceWriter.write` does."""
+        writer = self._writer
+        try:
+            if writer.fsync:
+                self._handle.flush()
+                os.fsync(self._handle.fileno())
+            self._handle.close()
+            with open(self._temp, "rb") as handle:
+                mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+            try:
+                with memoryview(mapped) as whole, whole[len(self._preamble) :] as raw:
+                    sop_class_uid, sop_uid, calling = self._sop_class_uid, self._sop_uid, self._calling_aet
+                    placed = writer._place(raw, self._ts, sop_class_uid, sop_uid, calling)
+                    announced = (placed.sop_uid, placed.sop_class_uid) == (sop_uid, sop_class_uid)
+                    if not announced:  # the meta header written first names other UIDs: write it again
+                        preamble = encode_part10_header(
+                            placed.sop_class_uid, placed.sop_uid, str(self._ts), calling
+                        )
+                        temp_dir = writer.incoming
+                        with atomic_write(placed.path, "wb", fsync=writer.fsync, temp_dir=temp_dir) as out:
+                            out.write(preamble)
+                            out.write(raw)
+            finally:
+                mapped.close()
+            if announced:
+                try:
+                    os.replace(self._temp, placed.path)
+                except FileNotFoundError:
+                    placed.path.parent.mkdir(parents=True, exist_ok=True)
+                    os.replace(self._temp, placed.path)
+            else:
+                self._temp.unlink(missing_ok=True)
+        except BaseException:
+            self.discard()
+            raise
+        return dataclasses.replace(placed, size=len(self._preamble) + self.size)
 
 
 def peer_title(assoc: Association | None) -> str:

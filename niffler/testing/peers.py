@@ -7,13 +7,17 @@ by Niffler's modules at run time.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import select
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Mapping, Sequence
@@ -22,20 +26,25 @@ from pathlib import Path
 from typing import Any
 
 __all__ = [
+    "DICOMWEB_PLUGIN",
     "DcmqrscpPACS",
     "DcmtkStoreSCP",
     "OrthancPACS",
     "PynetdicomQRSCP",
     "SecantusServer",
+    "TlsRelay",
     "dcmsend",
     "dcmtk_env",
     "free_port",
     "run_dcmtk",
+    "self_signed_certificate",
     "wait_for_port",
 ]
 
 LOOPBACK = "127.0.0.1"
 ORTHANC_BIN = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+#: Debian's orthanc-dicomweb plugin (QIDO-RS, WADO-RS, STOW-RS).
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"
 
 
 def free_port() -> int:
@@ -116,6 +125,12 @@ class OrthancPACS:
     *modalities* maps a name to (AE title, host, port): the AEs Orthanc will
     answer C-FIND/C-MOVE/C-GET for and send C-MOVE results to. Calling AEs not
     listed are refused, as in a real hospital PACS.
+
+    *dicomweb* loads Debian's DICOMweb plugin (:data:`DICOMWEB_PLUGIN`), its
+    root at :attr:`dicomweb_url`. *users* turns on HTTP basic authentication
+    with these registered users (the first one is what :meth:`rest` logs in
+    as); *rest_headers* go with every :meth:`rest` call (a bearer token a Lua
+    ``IncomingHttpRequestFilter`` checks).
     """
 
     workdir: Path
@@ -123,9 +138,17 @@ class OrthancPACS:
     modalities: Mapping[str, tuple[str, str, int]] = field(default_factory=dict)
     #: Further Orthanc configuration keys (e.g. ``MaximumStorageCacheSize``).
     extra: Mapping[str, Any] = field(default_factory=dict)
+    dicomweb: bool = False
+    users: Mapping[str, str] = field(default_factory=dict)
+    rest_headers: Mapping[str, str] = field(default_factory=dict)
     dicom_port: int = 0
     http_port: int = 0
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def dicomweb_url(self) -> str:
+        """The DICOMweb root (QIDO-RS, WADO-RS) of the plugin, when *dicomweb* is set."""
+        return f"http://{LOOPBACK}:{self.http_port}/dicom-web"
 
     def start(self) -> OrthancPACS:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -135,10 +158,12 @@ class OrthancPACS:
             "Name": "NifflerTestPACS",
             "StorageDirectory": str(self.workdir / "db"),
             "IndexDirectory": str(self.workdir / "db"),
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
+            "DicomWeb": {"Enable": self.dicomweb, "Root": "/dicom-web/"},
             "HttpPort": self.http_port,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": dict(self.users),
             "DicomAet": self.aet,
             "DicomPort": self.dicom_port,
             "DicomCheckCalledAet": True,
@@ -178,7 +203,14 @@ class OrthancPACS:
 
     def rest(self, path: str, body: bytes | None = None, method: str | None = None) -> Any:
         """Return the decoded JSON answer of Orthanc's REST API on loopback."""
-        req = urllib.request.Request(f"http://{LOOPBACK}:{self.http_port}{path}", data=body, method=method)
+        headers = dict(self.rest_headers)
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            login = base64.b64encode(f"{user}:{password}".encode()).decode()
+            headers["Authorization"] = f"Basic {login}"
+        req = urllib.request.Request(
+            f"http://{LOOPBACK}:{self.http_port}{path}", data=body, method=method, headers=headers
+        )
         with urllib.request.urlopen(req, timeout=30) as resp:  # noqa: S310
             payload = resp.read()
         return json.loads(payload) if payload else None
@@ -212,6 +244,13 @@ class OrthancPACS:
     def stop(self) -> None:
         _stop(self.proc)
         self.proc = None
+
+    def kill(self) -> None:
+        """Kill -9 the PACS, as a crash or a pulled plug would: connections break mid-answer."""
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+            self.proc = None
 
     def __enter__(self) -> OrthancPACS:
         return self.start()
@@ -519,6 +558,89 @@ class PynetdicomQRSCP:
         self.proc = None
 
     def __enter__(self) -> PynetdicomQRSCP:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def self_signed_certificate(folder: Path, host: str = LOOPBACK) -> tuple[Path, Path]:
+    """Make a self-signed certificate for *host* with openssl; return (certificate PEM, key PEM)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-keyout", str(key),
+         "-out", str(cert), "-subj", f"/CN={host}", "-addext", f"subjectAltName=IP:{host}"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@dataclass
+class TlsRelay:
+    """HTTPS on a free loopback port in front of a plain HTTP one, as a TLS front end (nginx) is.
+
+    Each connection's TLS is terminated here and its bytes relayed to
+    127.0.0.1:*backend_port* by one thread (select over both sockets: an SSL
+    socket must not be read and written from two threads at once).
+    """
+
+    backend_port: int
+    certificate: Path
+    key: Path
+    port: int = 0
+    _server: socket.socket | None = None
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def start(self) -> TlsRelay:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.certificate, self.key)
+        self._server = socket.create_server((LOOPBACK, self.port))
+        self._server.settimeout(0.2)
+        self.port = int(self._server.getsockname()[1])
+        threading.Thread(target=self._accept, args=(context,), daemon=True, name="tls-relay").start()
+        return self
+
+    def _accept(self, context: ssl.SSLContext) -> None:
+        assert self._server is not None
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._server.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            threading.Thread(target=self._relay, args=(context, conn), daemon=True).start()
+
+    def _relay(self, context: ssl.SSLContext, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(10)
+            tls = context.wrap_socket(conn, server_side=True)
+        except (OSError, ssl.SSLError):  # a client that does not trust us hangs up in the handshake
+            conn.close()
+            return
+        with tls, socket.create_connection((LOOPBACK, self.backend_port)) as backend:
+            tls.settimeout(None)
+            while not self._stop.is_set():
+                ready = [tls] if tls.pending() else select.select([tls, backend], [], [], 0.5)[0]
+                try:
+                    for sock in ready:
+                        data = sock.recv(1 << 16)
+                        if not data:
+                            return
+                        (backend if sock is tls else tls).sendall(data)
+                except ssl.SSLWantReadError:
+                    continue
+                except OSError:
+                    return
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    def __enter__(self) -> TlsRelay:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
