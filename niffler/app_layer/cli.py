@@ -24,7 +24,14 @@ from niffler.app_layer.reports import (
     utilization_report,
     write_report,
 )
-from niffler.common.cli import EXIT_CODES_HELP, NifflerGroup, fail_cleanly, logging_options, setup_logging
+from niffler.common.cli import (
+    EXIT_CODES_HELP,
+    NifflerGroup,
+    fail_cleanly,
+    logging_options,
+    setup_logging,
+    sigterm_interrupts,
+)
 from niffler.common.config import load_config, log_config
 from niffler.common.errors import InputError, StoreUnavailable
 from niffler.common.store import Store, attach_store, open_store, resolve_uri
@@ -122,6 +129,8 @@ def main(
 ) -> None:
     """Scanner reports from niffler-meta's metadata store: CSV, a terminal table and plots."""
     setup_logging(verbose, quiet)
+    # Until the report command ends, SIGTERM stops it as Ctrl-C does: exit 130, no partial file.
+    ctx.with_resource(sigterm_interrupts())
     config = load_config(AppConfig, [config_path] if config_path else [], {"MongoURI": mongo_uri})
     log_config(config)
     ctx.obj = config

@@ -30,6 +30,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
+from niffler.common.atomic import atomic_write, write_bytes_atomic
 from niffler.common.errors import InputError
 
 __all__ = ["TimeAxis", "clock_label", "save_figure", "skew_figure", "time_axis", "utilization_figure"]
@@ -220,21 +221,22 @@ def save_figure(fig: Figure, path: Path, title: str, table: pd.DataFrame | None 
         raise InputError(f"--plot {path}: the file must end in .png or .html")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        if suffix == ".png":
-            fig.savefig(path, dpi=120)
-            return
+        # Rendered in memory, then written atomically: an interrupted run leaves no half a file.
         buffer = io.BytesIO()
         fig.savefig(buffer, format="png", dpi=120)
+        if suffix == ".png":
+            write_bytes_atomic(path, buffer.getvalue())
+            return
         image = base64.b64encode(buffer.getvalue()).decode("ascii")
         rows = table.to_html(index=False, border=0) if table is not None else ""
-        path.write_text(
-            "<!doctype html><html><head><meta charset='utf-8'>"
-            f"<title>{html.escape(title)}</title>"
-            "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
-            "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
-            f"<h1>{html.escape(title)}</h1><img alt='{html.escape(title)}' "
-            f"src='data:image/png;base64,{image}'>{rows}</body></html>",
-            encoding="utf-8",
-        )
+        with atomic_write(path) as handle:
+            handle.write(
+                "<!doctype html><html><head><meta charset='utf-8'>"
+                f"<title>{html.escape(title)}</title>"
+                "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+                "td,th{padding:2px 8px;border-bottom:1px solid #ddd;text-align:left}</style></head><body>"
+                f"<h1>{html.escape(title)}</h1><img alt='{html.escape(title)}' "
+                f"src='data:image/png;base64,{image}'>{rows}</body></html>"
+            )
     finally:
         plt.close(fig)

@@ -22,6 +22,7 @@ from pymongo.errors import PyMongoError
 from niffler.app_layer.clock import scanner_skew, site_timezone, study_skews
 from niffler.app_layer.pipelines import fetch_clock_studies, fetch_scanners, fetch_studies, series_filter
 from niffler.app_layer.utilization import encounters, idle_gaps, scanner_days
+from niffler.common.atomic import atomic_write
 from niffler.common.errors import InputError
 from niffler.common.summary import has_documents, summary_collection
 
@@ -165,7 +166,8 @@ def write_report(report: Report, out: Path, plot: Path | None = None) -> list[Pa
         path = out if index == 0 else out.with_name(f"{out.stem}-{name}{out.suffix or '.csv'}")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            table.to_csv(path, index=False, date_format="%Y-%m-%d %H:%M:%S")
+            with atomic_write(path) as handle:  # an interrupted run leaves the old file or none, never a part
+                table.to_csv(handle, index=False, date_format="%Y-%m-%d %H:%M:%S")
         except OSError as exc:
             raise InputError(f"cannot write {path}: {exc.strerror}") from None
         written.append(path)

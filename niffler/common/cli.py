@@ -2,16 +2,20 @@
 
 Only ``cli.py`` files call this. Logs go to stderr with %-style arguments;
 -v/-q move the level. A :class:`~niffler.common.errors.NifflerError` becomes
-one line on stderr and its exit code; a Ctrl-C exits 130.
+one line on stderr and its exit code; a Ctrl-C exits 130, and so does a
+SIGTERM inside :func:`sigterm_interrupts`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import click
@@ -31,6 +35,7 @@ __all__ = [
     "fail_cleanly",
     "logging_options",
     "setup_logging",
+    "sigterm_interrupts",
 ]
 
 #: The exit codes of every Niffler command.
@@ -92,6 +97,29 @@ class NifflerCommand(_ExitContract, click.Command):
 
 class NifflerGroup(_ExitContract, click.Group):
     """A click group with Niffler's exit codes (:data:`EXIT_CODES_HELP`)."""
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """Within the block, SIGTERM stops the command as Ctrl-C does: progress kept, exit 130.
+
+    SIGTERM is what systemd, ``docker stop`` and ``kill`` send. Python's default
+    ends the process on the spot: no ``finally``, no temp file removed, no
+    report written, exit status -15. The previous handler is restored after
+    the block (a command run in a test leaves the test process as it was).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread may set a signal handler
+        return
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def fail_cleanly(func: F) -> F:

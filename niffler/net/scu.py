@@ -157,6 +157,8 @@ class QueryRetrieveSession:
         self.on_failed = on_failed
         self.transfer_syntax_policy = transfer_syntax_policy
         self._assoc: Association | None = None
+        #: Whether the PACS has answered a request on the current association.
+        self._answered = False
         self._lock = threading.Lock()
 
     @property
@@ -192,6 +194,7 @@ class QueryRetrieveSession:
                 self._assoc = open_association(ae, self.peer, ext_neg=ext_neg, evt_handlers=handlers)
             except AssociationError as exc:
                 raise RetrievalFailed(str(exc)) from None
+            self._answered = False
             if self.mode == "get" and self.writer is not None:
                 accel.set_store_handler(self._assoc, self.writer.store_handler(*self._store_hooks()))
             return self._assoc
@@ -234,6 +237,7 @@ class QueryRetrieveSession:
                 if status is None:
                     raise RetrievalFailed(self._silence(assoc, verb, time.monotonic() - waiting))
                 waiting = time.monotonic()
+                self._answered = True
                 yield status, response
         except RetrievalFailed:
             self.drop()
@@ -245,10 +249,16 @@ class QueryRetrieveSession:
     def _silence(self, assoc: Association, verb: str, waited: float) -> str:
         """Say why a request got no response: the PACS sent nothing in time, or aborted.
 
+        An abort on an association the PACS had answered on means it stopped
+        or restarted; on a fresh one, most often that it does not know our AE title.
+
         The time waited decides first: when the DIMSE timeout passes,
         pynetdicom aborts the association itself, so a silent PACS would
         otherwise be reported as one that aborted.
         """
+        if waited < 0.9 * self.timeout and self._answered:
+            # It knew our AE title a moment ago: it stopped, restarted or lost the connection.
+            return f"{verb}: the PACS aborted an association it had answered on (did it stop or restart?)"
         if waited < 0.9 * self.timeout:
             return (
                 f"{verb}: the PACS aborted the association (a PACS does this to a calling AE title "

@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from niffler.common.cli import EXIT_CODES_HELP, NifflerCommand, fail_cleanly, logging_options, setup_logging
+from niffler.common.cli import (
+    EXIT_CODES_HELP,
+    NifflerCommand,
+    fail_cleanly,
+    logging_options,
+    setup_logging,
+    sigterm_interrupts,
+)
 from niffler.common.config import load_config, log_config
 from niffler.common.errors import InputError
 from niffler.png_extraction.config import LEVELS, PngConfig
@@ -60,7 +67,8 @@ def main(
     """Convert every DICOM file under DICOMHome to PNG, with metadata.csv and mapping.csv.
 
     Exits 0 when every DICOM file converted, 2 when some failed (see
-    failures.csv), 1 on a configuration or input error.
+    failures.csv), 1 on a configuration or input error, 130 when
+    interrupted (Ctrl-C or SIGTERM; the same command resumes).
     """
     setup_logging(verbose, quiet)
     overrides = {
@@ -75,7 +83,8 @@ def main(
     }
     config = load_png_config(config_path, overrides)
     log_config(config)
-    summary = run(config, fresh=fresh, retry_failed=retry_failed, dask_scheduler=dask_scheduler)
+    with sigterm_interrupts():  # stop like Ctrl-C: workers shut down, CSVs written, ledger kept
+        summary = run(config, fresh=fresh, retry_failed=retry_failed, dask_scheduler=dask_scheduler)
     click.echo(summary.describe(), err=True)
     click.echo(f"output: {config.OutputDirectory}", err=True)
     if not summary.saw_dicom:

@@ -334,7 +334,7 @@ class InlineExecutor:
         future: Future[Any] = Future()
         try:
             future.set_result(fn(*args))
-        except BaseException as exc:
+        except Exception as exc:  # a Ctrl-C (or SIGTERM) stops the batch now, not batches later
             future.set_exception(exc)
         return future
 
@@ -572,6 +572,14 @@ def run_batch(
                     if progress.disable and time.monotonic() >= next_log:
                         log.info("%d of %d file(s) handled", handled, pending)
                         next_log = time.monotonic() + 30
+        except KeyboardInterrupt:
+            progress.close()
+            for future in in_flight:  # a pool starts no further batch while the CSVs are written
+                future.cancel()
+            log.warning("interrupted: writing the CSVs of the %d file(s) done; run the same command "
+                        "again to convert the rest", summary.converted + summary.done_earlier)  # fmt: skip
+            write_outputs(ledger, output, headers, converter.dicom_home)
+            raise
         finally:
             progress.close()
             for future in in_flight:
