@@ -16,6 +16,7 @@ an instance that is not extracted.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -79,6 +80,8 @@ _DRAIN_MAX = 2000
 #: burst instead of a few files (the lag it adds stays far below the 2 s goal).
 _LINGER = 0.25
 _BACKOFF_MAX = 30.0
+#: errno of a write that found no room: the disk is full, or the user's quota is.
+_NO_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
 @dataclass(frozen=True)
@@ -144,7 +147,9 @@ class MetaService:
             on_stored=self._on_stored,
             allowed_calling_aets=config.AllowedCallingAets or None,
             admit=self._admit,
+            on_failed=self._on_write_failed,
             on_quarantined=self._on_quarantined,
+            refuse_association=self._refuse_association,
             maximum_associations=config.MaxAssociations,
             transfer_syntax_policy=config.TransferSyntaxPolicy,
             log_associations=True,
@@ -160,6 +165,8 @@ class MetaService:
         self._received = 0
         self._disk_checked = (0.0, 0.0)  # (monotonic time, percent)
         self._refusing = False
+        #: Percent in use when a write found the disk full; None while writes find room.
+        self._disk_full_at: float | None = None
         self.last_purge: PurgeResult | None = None
         self.store_ok = True
         self._store_prepared = False
@@ -229,12 +236,63 @@ class MetaService:
     def _on_quarantined(self, kept: StoredInstance) -> None:
         self._queue.put(Arrival(kept.path, "", kept.sop_uid, self.clock(), refused="truncated dataset"))
 
-    def _admit(self) -> int:
+    def _disk_used(self) -> float:
+        """Return the percent of the storage disk in use, measured at most once a second."""
         now = time.monotonic()
         checked_at, percent = self._disk_checked
         if now - checked_at > 1.0:
             percent = self._disk_percent(self.storage_folder)
             self._disk_checked = (now, percent)
+        return percent
+
+    def _on_write_failed(self, exc: OSError) -> None:
+        """Hear of a write the disk refused; when it found no room, refuse everything until room returns.
+
+        Below the watermark the disk can still fill (a burst between two
+        checks, another program, a watermark of 100): the first write that
+        finds no room logs one line, and from then on associations are
+        rejected (transient) and stores answered 0xA700 without a write.
+        """
+        if exc.errno not in _NO_ROOM:
+            return
+        percent = self._disk_percent(self.storage_folder)
+        with self._lock:
+            if self._disk_full_at is not None:
+                return
+            self._disk_full_at = percent
+            self._disk_checked = (time.monotonic(), percent)
+        log.error(
+            "the storage disk is full (%s; %.1f%% used in %s): refusing associations and images "
+            "(0xA700) until space is freed",
+            exc.strerror, percent, self.storage_folder,
+        )  # fmt: skip
+
+    def _disk_still_full(self) -> bool:
+        """Return whether the disk a write found full still counts as full.
+
+        It does until its use drops one point below the use at that write, and below the watermark.
+        """
+        with self._lock:
+            full_at = self._disk_full_at
+        if full_at is None:
+            return False
+        percent = self._disk_used()
+        if percent >= min(full_at - 1.0, self.config.DiskWatermarkPercent):
+            return True
+        with self._lock:
+            if self._disk_full_at is None:
+                return False
+            self._disk_full_at = None
+        log.warning("the storage disk has room again (%.1f%% used): accepting images again", percent)
+        return False
+
+    def _refuse_association(self) -> str | None:
+        return "the storage disk is full" if self._disk_still_full() else None
+
+    def _admit(self) -> int:
+        if self._disk_still_full():
+            return STATUS_OUT_OF_RESOURCES
+        percent = self._disk_used()
         over = percent >= self.config.DiskWatermarkPercent
         if over != self._refusing:
             self._refusing = over
@@ -291,7 +349,9 @@ class MetaService:
                     )
                     self._purge_done.set()
                 busy = False
-                if time.monotonic() >= next_try:
+                # Stopping with the store down: no last try (each waits out the server selection
+                # timeout); what waits is extracted on the next start.
+                if time.monotonic() >= next_try and not (stopping and not self.store_ok):
                     try:
                         busy = self._extract_pending(index)
                     except PyMongoError as exc:

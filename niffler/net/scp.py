@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -38,6 +39,23 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PDU = 4 * 1024 * 1024
 #: How often the listening loop looks for a stop request (seconds).
 _SERVER_POLL = 0.05
+#: A-ASSOCIATE-RJ of a receiver that cannot take an association now: rejected-transient, by the
+#: service provider (presentation related), local-limit-exceeded (PS3.8 9.3.4): a sender retries.
+_REJECT_BUSY = (0x02, 0x03, 0x02)
+
+
+def _in_use(assoc: Association) -> bool:
+    """Return whether an acceptor's association takes a place: requested or established, and not over.
+
+    pynetdicom counts threads: a released one lives on until the peer closes
+    its connection, and a connection that never asks for an association (a
+    port probe, a load balancer's health check) holds one for ACSE timeout
+    seconds (30 by default): under a stream at the limit, senders were rejected.
+    """
+    if assoc.is_released or assoc.is_aborted or assoc.is_rejected:
+        return False
+    return bool(assoc.is_established or assoc.requestor.primitive is not None)
+
 
 def _accepted(event: evt.Event, store: StoreHandler | None = None) -> None:
     """EVT_CONN_OPEN handler of the Storage SCP: no Nagle, and the accelerator where it runs."""
@@ -75,6 +93,9 @@ class StorageSCP:
     admit
         Called before each store; a non-zero return is sent as the status
         instead of storing (e.g. 0xA700 when the disk passes a watermark).
+    refuse_association
+        Called when an association is requested; a reason (one phrase) rejects
+        it as transient (local limit exceeded), e.g. while the disk is full.
     on_failed
         Called with the OSError of each write the disk refused (answered 0xA700).
     on_quarantined
@@ -84,7 +105,11 @@ class StorageSCP:
         ``lossless``, ``uncompressed`` or ``never-lossy`` (see :mod:`niffler.net.syntaxes`).
     log_associations
         Log one INFO line per association when it ends (calling AE, instances, MB,
-        seconds, failures); otherwise at DEBUG.
+        seconds, failures) or is rejected; otherwise at DEBUG.
+    maximum_associations
+        Associations open at once; one more is rejected as transient (local
+        limit exceeded). Only associations requested or established and not
+        yet over count (see :func:`_in_use`).
     """
 
     def __init__(
@@ -100,6 +125,7 @@ class StorageSCP:
         admit: Callable[[], int] | None = None,
         on_failed: Callable[[OSError], None] | None = None,
         on_quarantined: Callable[[StoredInstance], None] | None = None,
+        refuse_association: Callable[[], str | None] | None = None,
         transfer_syntax_policy: str = "lossless",
         log_associations: bool = False,
         maximum_pdu_size: int = DEFAULT_MAX_PDU,
@@ -113,6 +139,7 @@ class StorageSCP:
         self.on_stored = on_stored
         self.admit = admit
         self.on_failed = on_failed
+        self.refuse_association = refuse_association
         self.allowed_calling_aets = (
             [validate_ae_title(t, "allowed calling AE title") for t in allowed_calling_aets]
             if allowed_calling_aets
@@ -141,7 +168,9 @@ class StorageSCP:
     def _build_ae(self) -> AE:
         ae = accel.new_ae(self.ae_title)
         ae.maximum_pdu_size = self.maximum_pdu_size
-        ae.maximum_associations = self.maximum_associations
+        # _requested enforces the limit on associations in use; pynetdicom's own count (of threads,
+        # released ones and bare connections included) stays a backstop.
+        ae.maximum_associations = 2 * self.maximum_associations
         if self.allowed_calling_aets:
             ae.require_calling_aet = self.allowed_calling_aets
         return ae
@@ -185,6 +214,30 @@ class StorageSCP:
                 session[3] += size
                 session[4] += status != 0
 
+    def _requested(self, event: evt.Event) -> None:
+        """EVT_REQUESTED handler: reject the association (transient) when full or refused; never raises."""
+        assoc = event.assoc
+        reason = None
+        try:
+            if self.refuse_association is not None:
+                reason = self.refuse_association()
+            server = self._server
+            # The requested association is one of those in use (its thread runs this handler).
+            in_use = sum(map(_in_use, server.active_associations)) if server is not None else 0
+            if reason is None and in_use > self.maximum_associations:
+                reason = f"{self.maximum_associations} associations open, the most accepted"
+        except Exception as exc:  # a broken check must not cost the association
+            log.error("association check failed: %s", type(exc).__name__)
+        if reason is None:
+            return
+        calling = str(getattr(assoc.requestor.primitive, "calling_ae_title", "") or "?").strip()
+        log.log(
+            logging.INFO if self.log_associations else logging.DEBUG,
+            "association from %s rejected (transient): %s", calling, reason,
+        )  # fmt: skip
+        assoc.acse.send_reject(*_REJECT_BUSY)
+        assoc.kill()  # as pynetdicom's own rejection: returns once the reject is sent and the peer gone
+
     def _opened(self, event: evt.Event) -> None:
         with self._lock:
             self._sessions[id(event.assoc)] = [peer_title(event.assoc) or "?", time.monotonic(), 0, 0, 0]
@@ -218,6 +271,7 @@ class StorageSCP:
                     [
                         (evt.EVT_C_STORE, self._on_c_store),
                         (evt.EVT_CONN_OPEN, _accepted, [store]),
+                        (evt.EVT_REQUESTED, self._requested),
                         (evt.EVT_ACCEPTED, _log_lossy),
                         (evt.EVT_ACCEPTED, self._opened),
                         (evt.EVT_RELEASED, self._closed),
@@ -248,15 +302,17 @@ class StorageSCP:
         if server is None:
             return
         server.shutdown()
+        # Only associations in use are waited for: a bare connection (a port probe) would hold the
+        # stop for the whole grace, and its abort is no news.
         deadline = time.monotonic() + grace
-        active = server.active_associations
-        while active and time.monotonic() < deadline:
+        in_use = [a for a in server.active_associations if _in_use(a)]
+        while in_use and time.monotonic() < deadline:
             time.sleep(0.05)
-            active = server.active_associations
-        for assoc in active:
+            in_use = [a for a in server.active_associations if _in_use(a)]
+        for assoc in server.active_associations:
             assoc.abort()
-        if active:
-            log.warning("Storage SCP %s aborted %d association(s) still open", self.ae_title, len(active))
+        if in_use:
+            log.warning("Storage SCP %s aborted %d association(s) still open", self.ae_title, len(in_use))
         log.info("Storage SCP %s stopped", self.ae_title)
 
     def __enter__(self) -> StorageSCP:
