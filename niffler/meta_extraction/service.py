@@ -21,6 +21,7 @@ import logging
 import os
 import queue
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -170,6 +171,7 @@ class MetaService:
         self.last_purge: PurgeResult | None = None
         self.store_ok = True
         self._store_prepared = False
+        self._index_failing = False
 
     # --- lifecycle ----------------------------------------------------------------------------
 
@@ -339,9 +341,17 @@ class MetaService:
         try:
             self._recover(index)
             next_try, backoff = 0.0, 0.0
+            held: list[Arrival] = []  # arrivals the index could not take yet (its disk is full)
             while True:
                 stopping = self._stop.is_set()
-                self._record(index, self._drain(0.0 if stopping else 0.1, 0.0 if stopping else _LINGER))
+                arrivals = held + self._drain(0.0 if stopping else 0.1, 0.0 if stopping else _LINGER)
+                if not self._record_or_hold(index, arrivals):
+                    held = arrivals
+                    if stopping:
+                        break  # the files are on disk: the next start-up scan records them
+                    self._stop.wait(1.0)
+                    continue
+                held = []
                 if self._purge_asked.is_set():
                     self._purge_asked.clear()
                     self.last_purge = purge(
@@ -354,6 +364,9 @@ class MetaService:
                 if time.monotonic() >= next_try and not (stopping and not self.store_ok):
                     try:
                         busy = self._extract_pending(index)
+                    except sqlite3.OperationalError as exc:  # the index's disk: the batch is redone
+                        self._index_trouble(exc)
+                        next_try, busy = time.monotonic() + 1.0, False
                     except PyMongoError as exc:
                         backoff = min(_BACKOFF_MAX, max(1.0, backoff * 2))
                         next_try = time.monotonic() + backoff
@@ -378,6 +391,32 @@ class MetaService:
             log.critical("the extraction worker failed: %s", type(exc).__name__)
         finally:
             index.close()
+
+    def _record_or_hold(self, index: InstanceIndex, arrivals: list[Arrival]) -> bool:
+        """Record *arrivals*; False (logged once) when the index can not be written, e.g. a full disk.
+
+        The files are on disk already; they wait in memory until the index
+        takes them (or the next start-up scan finds them), so nothing is lost
+        and the worker never dies of it.
+        """
+        try:
+            self._record(index, arrivals)
+        except sqlite3.OperationalError as exc:
+            self._index_trouble(exc)
+            return False
+        if self._index_failing:
+            self._index_failing = False
+            log.warning("the instance index is writable again: recording and extraction resumed")
+        return True
+
+    def _index_trouble(self, exc: sqlite3.OperationalError) -> None:
+        if not self._index_failing:
+            # sqlite's own text ("database or disk is full") names no value.
+            log.error(
+                "the instance index in %s can not be written (%s): received files wait on disk, retrying",
+                self.config.StateFolder, exc,
+            )  # fmt: skip
+        self._index_failing = True
 
     def _drain(self, wait: float, linger: float = 0.0) -> list[Arrival]:
         """Take the arrivals waiting (up to *wait* s for the first), and those of the next *linger* s."""

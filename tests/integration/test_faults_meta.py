@@ -347,6 +347,48 @@ def test_a_disk_that_fills_mid_stream_refuses_cleanly_and_receives_again_when_sp
     assert_documented_exactly(db, instances, "series", policy_for(config))
 
 
+def test_a_full_disk_under_the_index_holds_arrivals_and_records_them_when_space_returns(
+    tmp_path: Path,
+    small_disk: Path,
+    secantus: SecantusServer,
+    daemons: Callable[[Path], MetaDaemon],
+    mongo_db_name: str,
+    templates: list[Instance],
+) -> None:
+    """The index (StateFolder) on a disk that fills while images still land elsewhere: the worker
+    must neither die (a restart loop under systemd) nor lose an arrival; it holds them, logs once,
+    and records and documents every one when space returns."""
+    cloner = SeriesCloner(templates, tmp_path / "corpus")
+    series = [cloner.next_series() for _ in range(6)]
+    instances = [inst for s in series for inst in s]
+    storage, state = tmp_path / "data", small_disk / "state"
+    config = write_meta_config(
+        tmp_path, storage=storage, state=state, mongo_uri=secantus.uri, database=mongo_db_name
+    )
+    daemon = daemons(config)
+    wait_for(lambda: (state / "meta-index.sqlite").exists(), 30, "the index to be created")
+    filler = small_disk / "filler.bin"
+    fill_disk(filler)  # not a byte left for the index
+    stream = SeriesStream(daemon.port, queue_of(series))
+    stream.run()
+    assert stream.error is None and stream.instances(status=None) == stream.instances()
+    assert len(stream.instances()) == len(instances)  # the images' own disk has room: all accepted
+    wait_for(lambda: bool(log_lines(daemon, "the instance index in")), 30, "the index's error")
+    time.sleep(2.0)  # several retries against the full disk
+    assert daemon.proc.poll() is None, daemon.text()[-3000:]
+    errors = log_lines(daemon, "can not be written")
+    assert len(errors) == 1 and "database or disk is full" in errors[0], errors
+    assert "Traceback" not in daemon.text() and "worker failed" not in daemon.text()
+
+    filler.unlink()
+    wait_for(lambda: all_extracted(state, instances), 60, "every held arrival recorded and extracted")
+    assert len(log_lines(daemon, "the instance index is writable again")) == 1
+    assert_stored_exactly(storage, instances)
+    assert_indexed_exactly(state, instances)
+    db = MongoClient(secantus.uri, tz_aware=True)[mongo_db_name]
+    assert_documented_exactly(db, instances, "series", policy_for(config))
+
+
 def test_a_disk_filled_by_another_program_is_refused_at_the_watermark_and_taken_again_below_it(
     tmp_path: Path,
     small_disk: Path,
