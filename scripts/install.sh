@@ -10,6 +10,9 @@ venv="${NIFFLER_VENV:-$root/.venv}"
 need_apt=()
 command -v Orthanc >/dev/null 2>&1 || [ -x /usr/sbin/Orthanc ] || need_apt+=(orthanc)
 [ -x /usr/bin/storescu ] || need_apt+=(dcmtk)  # not command -v: the venv has pynetdicom's storescu
+# The burned-in text tests: Tesseract's English model for their judge, DejaVu fonts for the corpus.
+[ -e /usr/share/tesseract-ocr/5/tessdata/eng.traineddata ] || need_apt+=(tesseract-ocr tesseract-ocr-eng)
+[ -e /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] || need_apt+=(fonts-dejavu-core)
 [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || need_apt+=(orthanc-dicomweb)  # QIDO-RS/WADO-RS
 if [ "${#need_apt[@]}" -gt 0 ]; then
     sudo_cmd=()
@@ -29,5 +32,5 @@ if [ ! -x "$venv/bin/python" ]; then
     python3 -m venv "$venv"
 fi
 "$venv/bin/python" -m pip install -q --upgrade pip
-"$venv/bin/python" -m pip install -q -e "$root[embedded,codecs,distributed,test]"
+"$venv/bin/python" -m pip install -q -e "$root[embedded,codecs,distributed,ocr,test]"
 echo "niffler installed in $venv"

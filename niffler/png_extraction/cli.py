@@ -22,6 +22,7 @@ from niffler.common.errors import InputError
 from niffler.png_extraction.config import LEVELS, PngConfig
 from niffler.png_extraction.pipeline import run
 from niffler.png_extraction.render import VOI_MODES
+from niffler.png_extraction.scrub import SCRUB_POLICIES
 
 __all__ = ["load_png_config", "main"]
 
@@ -50,6 +51,11 @@ def load_png_config(config_path: Path | None, overrides: dict[str, Any]) -> PngC
 @click.option("--16-bit/--8-bit", "is16bit", default=None, help="overrides is16Bit")
 @click.option("--print-images/--no-print-images", default=None, help="overrides PrintImages")
 @click.option("--voi-mode", type=click.Choice(VOI_MODES), help="overrides VOIMode")
+@click.option(
+    "--scrub-burned-in-text",
+    type=click.Choice(SCRUB_POLICIES),
+    help="overrides ScrubBurnedInText: blank the text in the pixels of at-risk images (auto), all, or none",
+)
 @click.option("--fresh", is_flag=True, help="forget earlier progress and convert everything again")
 @click.option("--retry-failed", is_flag=True, help="convert files that failed in an earlier run again")
 @click.option("--dask-scheduler", metavar="ADDRESS", help="run the conversions on this Dask cluster")
@@ -80,6 +86,7 @@ def main(
         "is16Bit": options["is16bit"],
         "PrintImages": options["print_images"],
         "VOIMode": options["voi_mode"],
+        "ScrubBurnedInText": options["scrub_burned_in_text"],
     }
     config = load_png_config(config_path, overrides)
     log_config(config)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from niffler.common.config import setting
 from niffler.common.deid import DeidSettings
 from niffler.common.errors import ConfigError
 from niffler.png_extraction.render import VOI_MODES, RenderOptions
+from niffler.png_extraction.scrub import SCRUB_POLICIES, ScrubOptions, parse_region_rules
 
 __all__ = ["LEVELS", "PngConfig"]
 
@@ -48,6 +50,17 @@ class PngConfig(DeidSettings):
     )
     WindowCenter: float | None = setting(None, "window center for VOIMode 'window' (modality units)")
     WindowWidth: float | None = setting(None, "window width for VOIMode 'window' (modality units)")
+    ScrubBurnedInText: str = setting(
+        "auto",
+        "blank text found in the pixels: auto (US, secondary captures, XA, RF, endoscopy, photos, "
+        "BurnedInAnnotation YES; not CT, MR, CR, DX, MG), all or off",
+        choices=SCRUB_POLICIES,
+    )
+    PixelRedactionRegions: list[dict[str, Any]] = setting(
+        [],
+        "rectangles to blank per device: [{Manufacturer, ManufacturerModelName?, Rows?, Columns?, "
+        "Regions: [[x, y, width, height], ...]}]",
+    )
     StateFolder: Path = setting(
         Path("niffler-png-state"), "folder for the generated de-identification secret (keep it private)"
     )
@@ -60,8 +73,16 @@ class PngConfig(DeidSettings):
             self.render_options()
         except ValueError as exc:
             raise ConfigError(f"VOIMode/WindowCenter/WindowWidth: {exc}") from None
+        try:
+            parse_region_rules(self.PixelRedactionRegions)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
         if self.SendEmail and "@" not in self.YourEmail:
             raise ConfigError(f"SendEmail is on but YourEmail {self.YourEmail!r} is not an e-mail address")
+
+    def scrub_options(self, threads: int = 1) -> ScrubOptions:
+        """Return the burned-in text options these settings describe."""
+        return ScrubOptions(self.ScrubBurnedInText, parse_region_rules(self.PixelRedactionRegions), threads)
 
     def render_options(self) -> RenderOptions:
         """Return the pixel options these settings describe."""

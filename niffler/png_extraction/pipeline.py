@@ -61,6 +61,13 @@ from niffler.common.logsetup import configure_worker
 from niffler.common.notify import send_completion
 from niffler.png_extraction.config import PngConfig
 from niffler.png_extraction.render import RenderOptions, UnsupportedImage, encode_png, render_frame
+from niffler.png_extraction.scrub import (
+    EngineUnavailable,
+    ScrubError,
+    ScrubOptions,
+    check_engine,
+    scrub_frame,
+)
 
 __all__ = [
     "LEDGER_NAME",
@@ -94,6 +101,7 @@ REASONS = (
     "decode-error",
     "unsupported-photometric",
     "deidentification-error",
+    "pixel-scrub-error",
     "write-error",
     "unexpected-error",
     "worker-crash",
@@ -103,7 +111,9 @@ NIFFLER_OUTPUTS = frozenset(
     {"retrieval-report.csv", "cfind-output.csv", "metadata.csv", "mapping.csv", "failures.csv"}
 )
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
-_FIXED_COLUMNS = ("instance_key", "png_paths", "frames")
+#: text_regions_redacted: rectangles blanked in the pixels (detected text and configured regions, all
+#: frames); empty when the image was not scrubbed (ScrubBurnedInText off, or auto and not at risk).
+_FIXED_COLUMNS = ("instance_key", "png_paths", "frames", "text_regions_redacted")
 _COMMON_SHARE = 0.9
 _MAX_ERROR = 500
 _DISCOVERY_PAGE = 5000
@@ -150,6 +160,7 @@ class Converter:
     render: RenderOptions = field(default_factory=RenderOptions)
     level: str = "patient"
     print_images: bool = True
+    scrub: ScrubOptions = field(default_factory=ScrubOptions)
 
     def convert_batch(self, relpaths: list[str]) -> list[FileResult]:
         """Convert several files (one task, to amortise the trip to a worker)."""
@@ -166,9 +177,10 @@ class Converter:
             row = self._row(ds)
             if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
                 raise _Failure("no-pixel-data", "the file holds no Pixel Data")
-            pngs = self._write_pngs(ds, key) if self.print_images else ()
+            pngs, redacted = self._write_pngs(ds, key) if self.print_images else ([], None)
             frames = int(ds.get("NumberOfFrames", 1) or 1)
-            row = {"instance_key": key, "png_paths": ";".join(pngs), "frames": frames, **row}
+            row = {"instance_key": key, "png_paths": ";".join(pngs), "frames": frames,
+                   "text_regions_redacted": redacted, **row}  # fmt: skip
             return FileResult(relpath, key, row=row, pngs=tuple(pngs))
         except _Failure as failure:
             cause = type(failure.__cause__).__name__ if failure.__cause__ is not None else ""
@@ -196,21 +208,31 @@ class Converter:
             parts.append(pseudo.identifier("SeriesInstanceUID", str(ds.get("SeriesInstanceUID", "") or "")))
         return "/".join(parts)
 
-    def _write_pngs(self, ds: pydicom.Dataset, key: str) -> list[str]:
+    def _write_pngs(self, ds: pydicom.Dataset, key: str) -> tuple[list[str], int | None]:
+        """Return the PNGs written and the rectangles blanked (None: not scrubbed), scrubbing first."""
         folder = self.folder(ds)
         frames = int(ds.get("NumberOfFrames", 1) or 1)
+        scrubbing = self.scrub.applies(ds)
+        redacted = 0
         names: list[str] = []
         try:
             for index, pixels in enumerate(_frames(ds, frames)):
                 image = render_frame(pixels, ds, self.render, index)
+                if scrubbing:
+                    scrubbed = scrub_frame(image, ds, self.scrub)
+                    image, redacted = scrubbed.image, redacted + scrubbed.regions
                 name = f"{folder}/{key}.png" if frames == 1 else f"{folder}/{key}_{index + 1:04d}.png"
                 write_bytes_atomic(self.output / name, encode_png(image))
                 names.append(name)
+        except ScrubError as exc:
+            for name in names:  # scrubbed, but a file is converted whole or not at all
+                (self.output / name).unlink(missing_ok=True)
+            raise _Failure("pixel-scrub-error", str(exc)) from exc
         except UnsupportedImage as exc:
             raise _Failure("unsupported-photometric", str(exc)) from exc
         except OSError as exc:
             raise _Failure("write-error", _describe(exc)) from exc
-        return names
+        return names, redacted if scrubbing else None
 
     def _failed(
         self, source: Path, relpath: str, key: str, reason: str, error: str, cause: str = ""
@@ -742,6 +764,20 @@ class DaskExecutor:
         self._client.close()
 
 
+def _check_scrubbing(scrub: ScrubOptions, print_images: bool) -> None:
+    """Raise ConfigError if the policy may need the text detector and it is not installed."""
+    if not print_images:
+        return
+    if scrub.policy == "off":
+        log.warning("ScrubBurnedInText is off: text burned into the pixels (names, MRNs and dates on "
+                    "ultrasound and screen captures) is written to the PNGs as it is")  # fmt: skip
+        return
+    try:
+        check_engine()
+    except EngineUnavailable as exc:
+        raise ConfigError(f"ScrubBurnedInText is {scrub.policy}: {exc}") from None
+
+
 def run(
     config: PngConfig,
     *,
@@ -752,6 +788,10 @@ def run(
 ) -> BatchSummary:
     """Run the batch a config describes (the whole of ``niffler-png``)."""
     dicom_home = check_dicom_home(config.DICOMHome)
+    # One onnxruntime thread per worker process, all cores when converting in this process.
+    inline = config.UseProcesses == 1 and not dask_scheduler
+    scrub = config.scrub_options(threads=(os.cpu_count() or 1) if inline else 1)
+    _check_scrubbing(scrub, config.PrintImages)
     policy = Policy(config, load_secret(config.DeidKeyFile or None, config.StateFolder))
     converter = Converter(
         dicom_home=dicom_home.resolve(),
@@ -760,6 +800,7 @@ def run(
         render=config.render_options(),
         level=config.FlattenedToLevel,
         print_images=config.PrintImages,
+        scrub=scrub,
     )
     headers = HeaderOptions(
         public_only=config.PublicHeadersOnly,
@@ -775,7 +816,10 @@ def run(
         executor = InlineExecutor()
     else:
         executor = PoolExecutor(config.UseProcesses or os.cpu_count() or 1)
-    log.info("converting with %d worker(s); de-identification: %s", executor.workers, policy.describe())
+    log.info(
+        "converting with %d worker(s); de-identification: %s; burned-in text: %s, %d region rule(s)",
+        executor.workers, policy.describe(), scrub.policy, len(scrub.regions),
+    )  # fmt: skip
     try:
         summary = run_batch(
             converter,
