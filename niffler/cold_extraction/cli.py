@@ -10,8 +10,6 @@ from typing import Any
 import click
 
 from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, TRANSPORTS, ColdConfig
-from niffler.cold_extraction.dicomweb import HttpSettings
-from niffler.cold_extraction.dicomweb import echo as dicomweb_echo
 from niffler.cold_extraction.plan import Query, read_plan
 from niffler.cold_extraction.retrieve import echo
 from niffler.cold_extraction.run import ColdRun
@@ -148,9 +146,11 @@ def _describe_queries(query: Query) -> str:
 def echo_command(config: ColdConfig) -> None:
     """C-ECHO the PACS (SrcAet), or over DICOMweb send one QIDO-RS search; say what failed, if anything."""
     if config.Transport == "dicomweb":
-        settings = HttpSettings.from_config(config)
+        from niffler.cold_extraction import dicomweb  # httpx only when asked for
+
+        settings = dicomweb.HttpSettings.from_config(config)
         try:
-            status = dicomweb_echo(settings)
+            status = dicomweb.echo(settings)
         except RetrievalFailed as exc:
             raise DicomNetworkError(str(exc)) from None
         click.echo(f"QIDO-RS {settings.url}: {status}")

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from niffler.cold_extraction.config import ColdConfig
-from niffler.cold_extraction.dicomweb import DicomWebSession, HttpSettings
 from niffler.cold_extraction.feed import feed_rows
 from niffler.cold_extraction.fetch import NAMESPACES, Fetcher
 from niffler.cold_extraction.plan import Query, read_plan, seconds_until_window
@@ -55,6 +55,9 @@ from niffler.net import accel
 from niffler.net.address import AEAddress
 from niffler.net.scp import StorageSCP
 from niffler.net.writer import InstanceWriter
+
+if TYPE_CHECKING:
+    from niffler.cold_extraction.dicomweb import HttpSettings
 
 __all__ = ["CFIND_OUTPUT", "LEDGER_NAME", "REPORT_NAME", "ColdRun", "Summary", "listen_address"]
 
@@ -96,7 +99,12 @@ class ColdRun:
         now: Callable[[], datetime] = datetime.now,
     ) -> None:
         #: With Transport dicomweb, where the archive is and the credentials (from the environment).
-        self.web = HttpSettings.from_config(config) if config.Transport == "dicomweb" else None
+        self.web: HttpSettings | None = None
+        if config.Transport == "dicomweb":
+            # Imported only when asked for: httpx is a twentieth of a DIMSE run's start-up.
+            from niffler.cold_extraction import dicomweb
+
+            self.web = dicomweb.HttpSettings.from_config(config)
         if self.web is None and not config.SrcAet:
             raise ConfigError("SrcAet is empty: name the PACS as AET@host:port")
         self.config = config
@@ -126,7 +134,9 @@ class ColdRun:
 
     def _session(self, writer: InstanceWriter | None) -> Session:
         if self.web is not None:
-            return DicomWebSession(self.web, mode=self.mode, receipts=self.receipts, writer=writer)
+            from niffler.cold_extraction import dicomweb
+
+            return dicomweb.DicomWebSession(self.web, mode=self.mode, receipts=self.receipts, writer=writer)
         counts = self.mode == "get" or self.local_receiver
         return PacsSession(
             peer=self.peer,

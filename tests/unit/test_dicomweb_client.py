@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -321,3 +323,13 @@ def test_a_dicomweb_url_with_credentials_or_not_http_is_refused(url: str, messag
 def test_the_secret_variables_must_be_variable_names() -> None:
     with pytest.raises(ConfigError, match="DicomWebPasswordEnv must name an environment variable"):
         ColdConfig(DicomWebPasswordEnv="hunter2 is my password")
+
+
+def test_a_dimse_run_does_not_import_the_http_stack() -> None:
+    """httpx is imported only when Transport is dicomweb: a DIMSE run's start-up does not pay for it."""
+    code = (
+        "import sys, niffler.cold_extraction.cli, niffler.cold_extraction.run; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('httpx', 'httpcore')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
