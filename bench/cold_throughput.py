@@ -103,6 +103,9 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=10, help="instances per study")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4], help="worker counts")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--studies-per-move", type=int, default=None, help="niffler-cold StudiesPerMove (default: 10)"
+    )
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
     work = Path(args.workdir or tempfile.mkdtemp(prefix="niffler-cold-bench-"))
@@ -125,6 +128,7 @@ def main() -> None:
                 "QueryAet": f"NIFFLER:{ours_port}",
                 "StorageFolder": str(work / "unused"),  # each run gets --storage-folder
                 "MaxNifflerProcesses": workers,
+                **({"StudiesPerMove": args.studies_per_move} if args.studies_per_move else {}),
             }))  # fmt: skip
             configs[-workers] = work / f"cold-dicomweb-{workers}.json"
             configs[-workers].write_text(json.dumps({
