@@ -26,15 +26,17 @@ import logging
 import os
 from collections.abc import Iterator
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pynetdicom
 from pydicom.dataset import Dataset
-from pynetdicom import AE
-from pynetdicom.association import Association
-from pynetdicom.presentation import PresentationContext
+from pynetdicom import AE, build_context
 
 from niffler.net.messages import RetrieveResponse, StoreHandler
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import PresentationContext
 
 __all__ = [
     "ENABLED",
@@ -102,11 +104,15 @@ def new_ae(ae_title: str) -> AE:
     return AE(ae_title=ae_title)
 
 
-def shared_context() -> PresentationContext:
-    """Return an empty presentation context for the Storage SCP's supported set."""
-    if _FAST is not None:
-        return _FAST.SharedContext()  # type: ignore[no-any-return]
-    return PresentationContext()
+def shared_context(abstract_syntax: str, transfer_syntaxes: list[str]) -> PresentationContext:
+    """Return a presentation context of the Storage SCP's supported set (syntaxes in this order)."""
+    if _FAST is None:
+        return build_context(abstract_syntax, transfer_syntaxes)
+    context = _FAST.SharedContext()
+    context.abstract_syntax = abstract_syntax
+    for ts in transfer_syntaxes:
+        context.add_transfer_syntax(ts)
+    return context  # type: ignore[no-any-return]
 
 
 def on_accepted(assoc: Association, store: StoreHandler | None) -> bool:

@@ -8,12 +8,14 @@ import socket
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pynetdicom import AE, evt
-from pynetdicom.association import Association
 
 from niffler.common.errors import AssociationError, ConfigError
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
 
 __all__ = ["AEAddress", "associate", "no_delay", "open_association", "validate_ae_title"]
 

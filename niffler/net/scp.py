@@ -14,11 +14,9 @@ import time
 from collections.abc import Callable, Sequence
 from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from pynetdicom import AE, evt
-from pynetdicom.association import Association
-from pynetdicom.presentation import AllStoragePresentationContexts, PresentationContext
+from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from niffler.common.errors import ConfigError
@@ -28,6 +26,10 @@ from niffler.net.address import no_delay, validate_ae_title
 from niffler.net.messages import StoreHandler, StoreRequest
 from niffler.net.syntaxes import UNCOMPRESSED, acceptor_order, is_lossy
 from niffler.net.writer import InstanceWriter, StoredInstance, peer_title
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.presentation import PresentationContext
 
 __all__ = ["DEFAULT_MAX_PDU", "StorageSCP"]
 
@@ -185,11 +187,7 @@ class StorageSCP:
         for abstract, transfer in syntaxes:
             if abstract is None:
                 continue
-            context = accel.shared_context()
-            context.abstract_syntax = abstract
-            for ts in transfer:
-                context.add_transfer_syntax(ts)
-            contexts.append(context)
+            contexts.append(accel.shared_context(abstract, transfer))
         return contexts
 
     def _on_c_store(self, event: evt.Event) -> int:

@@ -16,12 +16,11 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pynetdicom import AE, build_role, evt
-from pynetdicom.association import Association
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -35,6 +34,9 @@ from niffler.net.address import AEAddress, associate, open_association
 from niffler.net.messages import PENDING, RetrieveResponse
 from niffler.net.syntaxes import get_contexts
 from niffler.net.writer import InstanceWriter, StoredInstance
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
 
 __all__ = [
     "PENDING",

@@ -32,8 +32,12 @@ non-retired storage classes, as many as the 128-context limit leaves (62).
 
 from __future__ import annotations
 
-from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts
-from pynetdicom.presentation import PresentationContext
+from typing import TYPE_CHECKING
+
+from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_context
+
+if TYPE_CHECKING:
+    from pynetdicom.presentation import PresentationContext
 
 __all__ = [
     "LOSSLESS_COMPRESSED",
@@ -141,11 +145,7 @@ def get_contexts(policy: str = "lossless", reserved: int = 2) -> list[Presentati
     contexts: list[PresentationContext] = []
 
     def add(abstract: str, syntaxes: list[str]) -> None:
-        context = PresentationContext()
-        context.abstract_syntax = abstract
-        for ts in syntaxes:
-            context.add_transfer_syntax(ts)
-        contexts.append(context)
+        contexts.append(build_context(abstract, syntaxes))
 
     room = MAX_CONTEXTS - reserved
     for abstract in _COMMON_CLASSES:

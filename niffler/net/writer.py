@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
@@ -37,8 +37,6 @@ from pydicom.filereader import read_dataset
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
-from pynetdicom.association import Association
-from pynetdicom.dimse_primitives import C_STORE
 
 from niffler.common.atomic import atomic_write, temp_name
 from niffler.common.errors import InputError
@@ -46,6 +44,10 @@ from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net import accel
 from niffler.net.messages import StoreHandler, StoreRequest
 from niffler.net.scan import decode_uid, plain_values, raw_dataset, scan_raw, truncation
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+    from pynetdicom.dimse_primitives import C_STORE
 
 __all__ = [
     "INCOMING_DIR",
@@ -362,7 +364,7 @@ class InstanceWriter:
         on_failed: Callable[[OSError], None] | None = None,
     ) -> int:
         """Return the C-STORE status for an EVT_C_STORE *event* after storing it; never raises."""
-        request = cast(C_STORE, event.request)
+        request = cast("C_STORE", event.request)
         return self.store(
             cast(BytesIO, request.DataSet).getbuffer(),
             event.context.transfer_syntax,
