@@ -18,6 +18,7 @@ the acquisition attributes of a CT, and 12 instances per series.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,16 @@ from pydicom.uid import (
     generate_uid,
 )
 
-__all__ = ["REALISTIC_CHARACTER_SET", "CorpusSpec", "Instance", "Scanner", "generate_corpus", "make_instance"]
+__all__ = [
+    "MIXED_PATIENT",
+    "REALISTIC_CHARACTER_SET",
+    "CorpusSpec",
+    "Instance",
+    "Scanner",
+    "generate_corpus",
+    "make_instance",
+    "mixed_study",
+]
 
 _SOP_CLASS = {"CT": CTImageStorage, "MR": MRImageStorage}
 _FIRST = ["ALICE", "BOB", "CAROL", "DAVID", "ERIN", "FRANK", "GRACE", "HEIDI", "IVAN", "JUDY"]
@@ -542,3 +552,40 @@ def generate_corpus(out_dir: str | Path, spec: CorpusSpec | None = None) -> list
                     ds.save_as(instance.path, enforce_file_format=True)
                     manifest.append(instance)
     return manifest
+
+
+#: The patient of :func:`mixed_study`.
+MIXED_PATIENT = "000009"
+
+
+def mixed_study(out: Path, template: Instance, description: str | None = None) -> list[Instance]:
+    """Patient 000009's study of 2020-07-01: a CT series and an MR series of 2 instances each.
+
+    Each instance's StudyDescription names its own modality, as
+    :func:`make_instance` writes it, unless *description* gives the whole
+    study one.
+    """
+    made = []
+    study_uid = "1.2.826.0.1.3680043.8.498.777"
+    for number, modality in ((1, "CT"), (2, "MR")):
+        for i in range(2):
+            inst = dataclasses.replace(
+                template,
+                path=out / f"mixed{number}-{i}.dcm",
+                patient_id=MIXED_PATIENT,
+                accession="ACCMIXED",
+                study_uid=study_uid,
+                series_uid=f"{study_uid}.{number}",
+                sop_uid=f"{study_uid}.{number}.{i + 1}",
+                study_date="20200701",
+                acquisition=datetime(2020, 7, 1, 9, number, i),
+                scanner=Scanner(modality=modality),
+            )
+            ds = make_instance(
+                inst, study_time=datetime(2020, 7, 1, 9), series_number=number, instance_number=i + 1
+            )
+            if description is not None:
+                ds.StudyDescription = description
+            ds.save_as(inst.path, enforce_file_format=True)
+            made.append(inst)
+    return made

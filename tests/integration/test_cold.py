@@ -14,7 +14,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,14 @@ from niffler.cold_extraction.run import LEDGER_NAME
 from niffler.net import accel
 from niffler.net.address import AEAddress
 from niffler.net.writer import InstanceWriter
-from niffler.testing.corpus import CorpusSpec, Instance, Scanner, generate_corpus, make_instance
+from niffler.testing.corpus import (
+    MIXED_PATIENT,
+    CorpusSpec,
+    Instance,
+    generate_corpus,
+    make_instance,
+    mixed_study,
+)
 from niffler.testing.dicomfiles import dataset_bytes
 from niffler.testing.peers import (
     DcmqrscpPACS,
@@ -80,35 +86,6 @@ def hostile_instances(out: Path, template: Instance) -> list[Instance]:
         ds = make_instance(inst, study_time=inst.acquisition, series_number=1, instance_number=i + 1)
         ds.save_as(inst.path, enforce_file_format=True)
         made.append(inst)
-    return made
-
-
-MIXED_PATIENT = "000009"
-
-
-def mixed_study(out: Path, template: Instance) -> list[Instance]:
-    """Patient 000009's study of 2020-07-01: a CT series and an MR series of 2 instances each."""
-    made = []
-    study_uid = "1.2.826.0.1.3680043.8.498.777"
-    for number, modality in ((1, "CT"), (2, "MR")):
-        for i in range(2):
-            inst = dataclasses.replace(
-                template,
-                path=out / f"mixed{number}-{i}.dcm",
-                patient_id=MIXED_PATIENT,
-                accession="ACCMIXED",
-                study_uid=study_uid,
-                series_uid=f"{study_uid}.{number}",
-                sop_uid=f"{study_uid}.{number}.{i + 1}",
-                study_date="20200701",
-                acquisition=datetime(2020, 7, 1, 9, number, i),
-                scanner=Scanner(modality=modality),
-            )
-            ds = make_instance(
-                inst, study_time=datetime(2020, 7, 1, 9), series_number=number, instance_number=i + 1
-            )
-            ds.save_as(inst.path, enforce_file_format=True)
-            made.append(inst)
     return made
 
 

@@ -22,7 +22,6 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,14 +35,19 @@ from niffler.cold_extraction.dicomweb import DicomWebSession, HttpSettings
 from niffler.cold_extraction.retrieve import RESOLVE_KEYS, Receipts, RetrievalFailed
 from niffler.cold_extraction.verdict import Target
 from niffler.net.writer import INCOMING_DIR, InstanceStream, InstanceWriter
-from niffler.testing.corpus import CorpusSpec, Instance, Scanner, generate_corpus, make_instance
+from niffler.testing.corpus import (
+    MIXED_PATIENT,
+    CorpusSpec,
+    Instance,
+    generate_corpus,
+    mixed_study,
+)
 from niffler.testing.dicomfiles import dataset_bytes
 from niffler.testing.peers import DICOMWEB_PLUGIN, OrthancPACS, TlsRelay, free_port, self_signed_certificate
 
 LOOPBACK = "127.0.0.1"
 # Study i is on 2020-01-06 + 20*i days: Jan 6, Jan 26, Feb 15, Mar 6, Mar 26, Apr 15.
 SPEC = CorpusSpec(patients=3, studies_per_patient=2, study_spacing_minutes=20 * 24 * 60)
-MIXED_PATIENT = "000009"
 PASSWORD = "wonderland-7-Hatter"
 TOKEN = "s3cret-bearer-token-42"
 BEARER_FILTER = f"""
@@ -58,33 +62,6 @@ def _dicomweb_plugin_installed() -> None:
     """Fail loudly, never skip, when Orthanc's DICOMweb plugin is missing: CI must have it."""
     if not Path(DICOMWEB_PLUGIN).is_file():
         pytest.fail(f"{DICOMWEB_PLUGIN} missing (Debian's orthanc-dicomweb): run scripts/install.sh", False)
-
-
-def mixed_study(out: Path, template: Instance) -> list[Instance]:
-    """Patient 000009's study of 2020-07-01: a CT series and an MR series of 2 instances each."""
-    made = []
-    study_uid = "1.2.826.0.1.3680043.8.498.777"
-    for number, modality in ((1, "CT"), (2, "MR")):
-        for i in range(2):
-            inst = dataclasses.replace(
-                template,
-                path=out / f"mixed{number}-{i}.dcm",
-                patient_id=MIXED_PATIENT,
-                accession="ACCMIXED",
-                study_uid=study_uid,
-                series_uid=f"{study_uid}.{number}",
-                sop_uid=f"{study_uid}.{number}.{i + 1}",
-                study_date="20200701",
-                acquisition=datetime(2020, 7, 1, 9, number, i),
-                scanner=Scanner(modality=modality),
-            )
-            ds = make_instance(
-                inst, study_time=datetime(2020, 7, 1, 9), series_number=number, instance_number=i + 1
-            )
-            ds.StudyDescription = "CT AND MR"  # a study-level attribute: the same in every instance
-            ds.save_as(inst.path, enforce_file_format=True)
-            made.append(inst)
-    return made
 
 
 @dataclasses.dataclass
@@ -127,7 +104,8 @@ def start_archive(workdir: Path, manifest: list[Instance], **options: Any) -> Ar
 def archive(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Archive]:
     root = tmp_path_factory.mktemp("dicomweb-pacs")
     manifest = generate_corpus(root / "corpus", SPEC)
-    manifest += mixed_study(root / "corpus", manifest[0])
+    # One StudyDescription for the whole study: each transport reports the study-level value it keeps.
+    manifest += mixed_study(root / "corpus", manifest[0], "CT AND MR")
     served = start_archive(root / "orthanc", manifest)
     yield served
     served.orthanc.stop()
