@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,14 @@ from niffler.cold_extraction.config import MODES, QUERY_ONLY_MODES, TRANSPORTS, 
 from niffler.cold_extraction.plan import Query, read_plan
 from niffler.cold_extraction.retrieve import echo
 from niffler.cold_extraction.run import ColdRun
-from niffler.common.cli import EXIT_CODES_HELP, NifflerGroup, fail_cleanly, logging_options, setup_logging
+from niffler.common.cli import (
+    EXIT_CODES_HELP,
+    NifflerGroup,
+    fail_cleanly,
+    logging_options,
+    setup_logging,
+    sigterm_interrupts,
+)
 from niffler.common.config import load_config, log_config
 from niffler.common.errors import ConfigError, DicomNetworkError, InputError
 from niffler.net.address import AEAddress
@@ -91,8 +97,8 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
             sys.exit(EXIT_ROWS_FAILED)  # invalid rows: the same verdict a real run would give
         return
     log_config(config)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: finish the report, keep the ledger
-    summary = ColdRun(config, csv_path, fresh=options["fresh"]).run()
+    with sigterm_interrupts():  # stop like Ctrl-C: finish the report, keep the ledger
+        summary = ColdRun(config, csv_path, fresh=options["fresh"]).run()
     click.echo(summary.describe(), err=True)
     click.echo(f"report: {summary.report}", err=True)
     if summary.interrupted:
@@ -101,10 +107,6 @@ def main(ctx: click.Context, /, verbose: int, quiet: int, **options: Any) -> Non
         sys.exit(1)
     if not summary.ok:
         sys.exit(EXIT_ROWS_FAILED)
-
-
-def _interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def _dry_run(config: ColdConfig, csv_path: Path) -> int:
