@@ -22,7 +22,13 @@ the same work in the same order but *wait* instead of sleeping:
   or a response to send is handled at once;
 - the acceptor blocks on its message queue, so a complete C-STORE request
   is served at once;
-- PDUs are read with ``recv_into`` straight into one buffer of their size.
+- PDUs are read with ``recv_into`` straight into one buffer of their size;
+- in Sta6 a P-DATA-TF skips the state machine both ways (:func:`_read_pdu`,
+  :func:`_send_direct`): DT-1 and DT-2 only hand it on, and building,
+  queueing and converting its PDU objects cost more per stored instance
+  than storing it;
+- a peer that stops mid-PDU holds the reader only until the association is
+  aborted (pynetdicom's waited for ever on a requested association).
 
 Associations Niffler requests (C-FIND, C-MOVE, C-GET, C-STORE) get the
 waiting DUL loop too (:func:`make_requestor_event_driven`, from
@@ -41,13 +47,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import select
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from io import BytesIO
 from types import MethodType
 from typing import Any, cast
@@ -68,7 +75,7 @@ from pynetdicom.dimse_messages import _DATASET_KEYWORDS, _MSG_TO_PRIMITVE, DIMSE
 from pynetdicom.dimse_primitives import C_CANCEL, C_GET, C_MOVE, C_STORE, N_EVENT_REPORT
 from pynetdicom.dul import DULServiceProvider
 from pynetdicom.pdu import A_ABORT_RQ
-from pynetdicom.pdu_primitives import P_DATA
+from pynetdicom.pdu_primitives import A_ABORT, A_P_ABORT, P_DATA
 from pynetdicom.presentation import PresentationContext
 from pynetdicom.transport import AssociationSocket, ThreadedAssociationServer
 
@@ -345,7 +352,9 @@ class _Incoming:
         self.context_id = 0
         self.dataset: list[bytes | memoryview] = []
 
-    def feed(self, context_id: int, data: bytes, assoc: Association | None, fast: bool) -> list[Any]:
+    def feed(
+        self, context_id: int, data: bytes | memoryview, assoc: Association | None, fast: bool
+    ) -> list[Any]:
         """Take one PDV; return the messages it completed, each a primitive, StoreRequest or DIMSEMessage."""
         if self.slow is not None:
             return self._feed_slow(context_id, data, assoc)
@@ -369,10 +378,10 @@ class _Incoming:
         self.values, self.name, self.context_id = values, name, context_id
         return [self._complete()] if values.get("CommandDataSetType") == _NO_DATASET else []
 
-    def _feed_slow(self, context_id: int, data: bytes, assoc: Association | None) -> list[Any]:
+    def _feed_slow(self, context_id: int, data: bytes | memoryview, assoc: Association | None) -> list[Any]:
         assert self.slow is not None
         wrapper = P_DATA()
-        wrapper.presentation_data_value_list.append((context_id, data))
+        wrapper.presentation_data_value_list.append((context_id, bytes(data)))
         if not self.slow.decode_msg(wrapper, assoc):
             return []
         message, self.slow = self.slow, None
@@ -410,13 +419,18 @@ def set_store_handler(assoc: Association, handler: StoreHandler | None) -> bool:
 
 def _receive_primitive(self: DIMSEServiceProvider, primitive: P_DATA) -> None:
     """pynetdicom's ``receive_primitive``, with :class:`_Incoming` assembling the messages."""
+    _receive_pdvs(self, primitive.presentation_data_value_list)
+
+
+def _receive_pdvs(self: DIMSEServiceProvider, pdvs: Iterable[tuple[int, bytes | memoryview]]) -> None:
+    """Assemble and deliver the messages completed by *pdvs*, each (context ID, control header + data)."""
     incoming = cast(_Incoming, self._niffler_incoming)  # type: ignore[attr-defined]
     # A subscriber to EVT_DIMSE_RECV gets pynetdicom's messages, as it expects.
     fast = not _pynetdicom_config.STORE_RECV_CHUNKED_DATASET and not self.assoc.get_handlers(
         evt.EVT_DIMSE_RECV
     )
     assoc = self.assoc
-    for context_id, data in primitive.presentation_data_value_list:
+    for context_id, data in pdvs:
         for item in incoming.feed(context_id, data, assoc, fast):
             if isinstance(item, DIMSEMessage):
                 _deliver_message(self, item)
@@ -621,25 +635,228 @@ def _send_store_response(
     dul: DULServiceProvider, context_id: int, message_id: int, status: int, sop_class: str, sop_instance: str
 ) -> None:
     """Send a C-STORE-RSP built by :func:`encode_store_response` as one P-DATA."""
-    command = encode_store_response(message_id, status, sop_class, sop_instance)
+    pdv = b"\x03" + encode_store_response(message_id, status, sop_class, sop_instance)  # command, last
+    if _send_direct(dul, context_id, pdv):
+        return
     pdata = P_DATA()
-    pdata.presentation_data_value_list.append((context_id, b"\x03" + command))  # command, last fragment
+    pdata.presentation_data_value_list.append((context_id, pdv))
     dul.send_pdu(pdata)
 
 
+#: Events whose subscribers expect the state machine's objects: while any has one, every PDU takes it.
+_STATE_MACHINE_EVENTS = (
+    evt.EVT_DATA_RECV,
+    evt.EVT_DATA_SENT,
+    evt.EVT_PDU_RECV,
+    evt.EVT_PDU_SENT,
+    evt.EVT_FSM_TRANSITION,
+)
+_ESTABLISHED = "Sta6"
+_PDU_HEAD = struct.Struct(">BxL")  # PDU type, reserved, PDU length (PS3.8 9.3.1)
+_PDV_HEAD = struct.Struct(">LB")  # PDV item length, presentation context ID (PS3.8 9.3.5.1)
+_P_DATA_TF = 0x04
+_PDU_TYPES = frozenset(range(0x01, 0x08))  # A-ASSOCIATE-RQ to A-ABORT (PS3.8 9.3)
+
+
+def _bypasses_state_machine(dul: DULServiceProvider) -> bool:
+    """Whether a P-DATA-TF may skip the state machine: established, nothing pending, nobody listening.
+
+    In Sta6 a P-DATA-TF in either direction is DT-1 / DT-2, which only hand
+    it on and stay in Sta6, so doing their work directly changes nothing,
+    provided no other event is queued before it and no subscriber waits for
+    the PDU objects and transitions it would have made.
+    """
+    if dul.state_machine.current_state != _ESTABLISHED or not dul.event_queue.empty():
+        return False
+    assoc = dul.assoc
+    return not any(assoc.get_handlers(event) for event in _STATE_MACHINE_EVENTS)
+
+
+def _send_direct(dul: DULServiceProvider, context_id: int, pdv: bytes) -> bool:
+    """Send one PDV as a P-DATA-TF from the DUL thread itself, as DT-1 would; say if it did.
+
+    pynetdicom queues each P-DATA for the DUL, which builds a P_DATA_TF
+    object through the state machine and encodes it: per stored instance,
+    more CPU than the response is worth. Only the DUL thread may write this
+    way, with nothing queued ahead, so PDUs still leave in order.
+    """
+    queued = dul.to_provider_queue
+    transport = dul.socket
+    if (
+        getattr(queued, "owner", None) != threading.get_ident()
+        or not queued.empty()
+        or transport is None
+        or not _bypasses_state_machine(dul)
+    ):
+        return False
+    item = _PDV_HEAD.pack(len(pdv) + 1, context_id) + pdv
+    transport.send(_PDU_HEAD.pack(_P_DATA_TF, len(item)) + item)
+    return True
+
+
+def _read_pdu(dul: DULServiceProvider) -> bool | None:
+    """Read the next PDU if one has begun to arrive; say if one was read, or None to leave it to pynetdicom.
+
+    In Sta6, with nothing queued and nobody subscribed to the state
+    machine's events, this does what pynetdicom's ``_is_transport_event``
+    and ``_read_pdu_data`` do, and for a P-DATA-TF what DT-2 does too,
+    without decoding it into a P_DATA_TF, queueing it as Evt10 and
+    converting it to a P_DATA primitive: its PDV items go to the DIMSE
+    assembler as views of the one buffer they were read into. Other PDUs,
+    and a P-DATA-TF whose items do not add up, are decoded by pynetdicom
+    and queued for the state machine, as ``_read_pdu_data`` would.
+
+    The first read never waits (pynetdicom's looked with a ``select``
+    first); the rest of a PDU that has begun is waited for as in
+    :func:`_recv_exact`.
+    """
+    transport = dul.socket
+    if transport is None or not transport._is_connected or not _bypasses_state_machine(dul):
+        return None
+    raw = transport.socket
+    if raw is None:
+        return None
+    head = bytearray(_PDU_HEAD.size)
+    try:
+        with memoryview(head) as view:
+            got = _read_now(raw, view)
+        if got is None:
+            return False  # nothing has arrived
+        if 0 < got < len(head):
+            head[got:] = _recv_exact(transport, len(head) - got)
+    except _Abandoned:
+        return True  # the abort that waits is the state machine's next event
+    except OSError:
+        log.error("the connection closed before the entire PDU was received")
+        dul.event_queue.put("Evt17")
+        return True
+    if len(head) < _PDU_HEAD.size or not got:  # closed by the peer, as pynetdicom reads it
+        dul.event_queue.put("Evt17")
+        return True
+    pdu_type, length = _PDU_HEAD.unpack(head)
+    if pdu_type not in _PDU_TYPES:
+        log.error("unknown PDU type received 0x%02X", pdu_type)
+        dul.event_queue.put("Evt19")
+        return True
+    try:
+        body = _recv_exact(transport, length)
+    except _Abandoned:
+        return True
+    except OSError:
+        log.error("the connection closed before the entire PDU was received")
+        dul.event_queue.put("Evt17")
+        return True
+    if len(body) != length:
+        log.error("the received PDU is shorter than expected (%d of %d bytes)", len(body) + 6, length + 6)
+        dul.event_queue.put("Evt17")
+        return True
+    pdvs = _pdv_items(body) if pdu_type == _P_DATA_TF else None
+    if pdvs is None:
+        _decode_pdu(dul, head + body)
+        return True
+    _receive_pdvs(dul.assoc.dimse, pdvs)
+    return True
+
+
+def _pdv_items(body: bytearray) -> list[tuple[int, memoryview]] | None:
+    """Return a P-DATA-TF body's PDV items as (context ID, view), or None unless they fill it exactly."""
+    items: list[tuple[int, memoryview]] = []
+    view = memoryview(body)
+    pos, end = 0, len(body)
+    while pos < end:
+        if pos + _PDV_HEAD.size > end:
+            return None
+        item_length, context_id = _PDV_HEAD.unpack_from(body, pos)
+        stop = pos + 4 + item_length
+        if item_length < 2 or stop > end:  # an item holds a context ID, a control header and data
+            return None
+        items.append((context_id, view[pos + _PDV_HEAD.size : stop]))
+        pos = stop
+    return items or None
+
+
+def _decode_pdu(dul: DULServiceProvider, pdu_bytes: bytearray) -> None:
+    """The end of pynetdicom's ``_read_pdu_data``: decode a whole PDU, queue its event and the PDU."""
+    try:
+        pdu, event = dul._decode_pdu(pdu_bytes)
+    except Exception:
+        log.exception("unable to decode the received PDU data")
+        dul.event_queue.put("Evt19")
+        return
+    dul.event_queue.put(event)
+    dul._recv_pdu.put(pdu)
+
+
+#: The most a read allocates before the bytes arrive: a PDU length is the peer's word, and a
+#: hostile 4 GiB one must cost memory only as its bytes come in, as with pynetdicom's reads.
+_FIRST_ALLOCATION = 4 * 1024 * 1024
+
+
+class _Abandoned(OSError):
+    """A PDU was being read when its association was aborted or killed; the rest will not be read."""
+
+
+def _read_now(raw: socket.socket, view: memoryview) -> int | None:
+    """Read what has arrived into *view* without waiting; None when nothing has.
+
+    A socket with a timeout (pynetdicom gives accepted ones the network
+    timeout) is non-blocking at the OS level (see the socket module's notes
+    on timeouts), and its ``recv_into`` would first wait up to the timeout,
+    so it is read with a plain ``readv``; a blocking one (requested
+    associations) with MSG_DONTWAIT.
+    """
+    try:
+        if raw.gettimeout() is None:
+            return raw.recv_into(view, len(view), socket.MSG_DONTWAIT)
+        return os.readv(raw.fileno(), [view])
+    except (BlockingIOError, InterruptedError):
+        return None
+
+
+def _abandoned(dul: DULServiceProvider) -> bool:
+    """Whether the association is being aborted or killed, so a PDU being read will never be wanted."""
+    if dul._kill_thread:
+        return True
+    return any(isinstance(item, (A_ABORT, A_P_ABORT)) for item in list(dul.to_provider_queue.queue))
+
+
 def _recv_exact(self: AssociationSocket, nr_bytes: int) -> bytearray:
-    """Read *nr_bytes* (fewer only if the peer closed) into one buffer, blocking as pynetdicom does."""
+    """Read *nr_bytes* (fewer only if the peer closed) into one buffer, as pynetdicom's ``recv`` does.
+
+    Unlike it, a peer that stops mid-PDU does not hold the thread for ever
+    (requested associations have no socket timeout) nor past an abort: the
+    wait looks every tick for an abort or kill of the association (then
+    stops reading the connection and raises :class:`_Abandoned`) and for the
+    socket's own timeout (then raises TimeoutError, as the socket would).
+    """
     raw = self.socket
     assert raw is not None
-    buffer = bytearray(nr_bytes)
+    limit = raw.gettimeout()
+    buffer = bytearray(min(nr_bytes, _FIRST_ALLOCATION))
     got = 0
-    with memoryview(buffer) as view:
-        while got < nr_bytes:
-            count = raw.recv_into(view[got:], nr_bytes - got)
-            if not count:
-                break
-            got += count
-    if got < nr_bytes:
+    stalled: float | None = None
+    while got < nr_bytes:
+        if got == len(buffer):  # the peer kept its word so far: double the buffer
+            buffer.extend(bytes(min(nr_bytes - got, len(buffer))))
+        with memoryview(buffer) as view:
+            count = _read_now(raw, view[got:])
+        if count is None:
+            now = time.monotonic()
+            stalled = now if stalled is None else stalled
+            if _abandoned(self.assoc.dul):
+                with contextlib.suppress(OSError):
+                    raw.shutdown(socket.SHUT_RD)  # the stream is cut mid-PDU: later reads see its end
+                raise _Abandoned("the association was aborted while a PDU was being read")
+            if limit is not None and now - stalled >= limit:
+                raise TimeoutError("timed out")
+            with contextlib.suppress(OSError, ValueError):
+                select.select([raw], [], [], _TICK)
+            continue
+        if not count:
+            break
+        got += count
+        stalled = None
+    if got < len(buffer):
         del buffer[got:]
     return buffer
 
@@ -679,9 +896,14 @@ def _run_dul(dul: DULServiceProvider, listen: socket.socket, wake: socket.socket
                 break
             if dul.artim_timer.expired:
                 dul.event_queue.put("Evt18")
+            read: bool | None = False
             try:
-                if not dul._process_recv_primitive() and dul._is_transport_event():
-                    dul._idle_timer.restart()
+                if not dul._process_recv_primitive():
+                    read = _read_pdu(dul)
+                    if read is None:
+                        read = dul._is_transport_event()
+                    if read:
+                        dul._idle_timer.restart()
             except Exception:
                 log.exception("DUL reactor failed; aborting the association")
                 abort = A_ABORT_RQ()
@@ -697,7 +919,7 @@ def _run_dul(dul: DULServiceProvider, listen: socket.socket, wake: socket.socket
             try:
                 event = dul.event_queue.get(block=False)
             except queue.Empty:
-                idle = True
+                idle = not read  # after a PDU, look for the next before waiting
                 continue
             dul.state_machine.do_action(event)
             idle = False

@@ -51,7 +51,7 @@ def test_a_c_store_arriving_before_the_acceptor_is_established_is_answered_and_c
     completed: list[Any] = []
     held: list[bool] = []
     original_feed = fast._Incoming.feed
-    original_receive = fast._receive_primitive
+    original_receive = fast._receive_pdvs
     original_send_accept = ACSE.send_accept
 
     def feed(self: Any, *args: Any) -> list[Any]:
@@ -59,8 +59,8 @@ def test_a_c_store_arriving_before_the_acceptor_is_established_is_answered_and_c
         completed.extend(item for item in items if isinstance(item, StoreRequest))
         return items
 
-    def receive_primitive(self: Any, primitive: Any) -> None:
-        original_receive(self, primitive)
+    def receive_pdvs(self: Any, pdvs: Any) -> None:
+        original_receive(self, pdvs)
         if completed:  # the DUL thread has served or queued the whole request
             request_handled.set()
 
@@ -70,7 +70,7 @@ def test_a_c_store_arriving_before_the_acceptor_is_established_is_answered_and_c
         held.append(request_handled.wait(5))
 
     monkeypatch.setattr(fast._Incoming, "feed", feed)
-    monkeypatch.setattr(fast, "_receive_primitive", receive_primitive)
+    monkeypatch.setattr(fast, "_receive_pdvs", receive_pdvs)
     monkeypatch.setattr(ACSE, "send_accept", send_accept)
 
     received: list[StoredInstance] = []
