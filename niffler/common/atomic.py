@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -90,7 +90,50 @@ def atomic_write(
         raise
 
 
-def write_bytes_atomic(path: Path, data: bytes, *, fsync: bool = False, temp_dir: Path | None = None) -> None:
-    """Write *data* to *path* atomically (see :func:`atomic_write`)."""
-    with atomic_write(path, "wb", fsync=fsync, temp_dir=temp_dir) as handle:
-        handle.write(data)
+def write_bytes_atomic(
+    path: Path, data: bytes | memoryview | Sequence[bytes | memoryview], *, fsync: bool = False,
+    temp_dir: Path | None = None,
+) -> None:
+    """Write *data* (bytes, or a sequence of parts written one after another) to *path* atomically.
+
+    As :func:`atomic_write`, with the file handled at the OS level: the temp
+    file is created exclusively, the parts go out in one ``writev`` and there
+    is no buffered file object (whose open costs three more system calls).
+    It runs for every instance the Storage SCP receives.
+    """
+    parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+    folder = temp_dir if temp_dir is not None else path.parent
+    temp = folder / temp_name(path.name)
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    try:
+        try:
+            fd = os.open(temp, flags, 0o666)
+        except FileNotFoundError:
+            folder.mkdir(parents=True, exist_ok=True)
+            fd = os.open(temp, flags, 0o666)
+        try:
+            _write_all(fd, parts)
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.replace(temp, path)
+        except FileNotFoundError:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
+
+
+def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:
+    """Write every part to *fd*, in order, going on after a short write."""
+    views = [memoryview(part).cast("B") for part in parts if len(part)]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views and written:
+            views[0] = views[0][written:]

@@ -38,7 +38,7 @@ from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 from pynetdicom import PYNETDICOM_IMPLEMENTATION_UID, PYNETDICOM_IMPLEMENTATION_VERSION, evt
 
-from niffler.common.atomic import atomic_write, temp_name
+from niffler.common.atomic import atomic_write, temp_name, write_bytes_atomic
 from niffler.common.errors import InputError
 from niffler.common.filepath import DEFAULT_FILE_PATH, FileTemplate
 from niffler.net import accel
@@ -292,9 +292,7 @@ class InstanceWriter:
         preamble = encode_part10_header(placed.sop_class_uid, placed.sop_uid, str(ts), calling_aet)
 
         # The temp file goes to the incoming folder, so prepare() can drop what a crash left.
-        with atomic_write(placed.path, "wb", fsync=self.fsync, temp_dir=self.incoming) as handle:
-            handle.write(preamble)
-            handle.write(raw)
+        write_bytes_atomic(placed.path, (preamble, raw), fsync=self.fsync, temp_dir=self.incoming)
         return dataclasses.replace(placed, size=len(preamble) + len(raw))
 
     def _place(

@@ -45,3 +45,40 @@ def test_text_mode_suits_csv(tmp_path: Path) -> None:
     assert target.read_bytes() == b"a,b\r\n"
     with pytest.raises(ValueError, match="mode"), atomic_write(target, "a"):
         pass
+
+
+def test_parts_are_written_in_order_through_short_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    real_writev = os.writev
+
+    def one_byte_at_a_time(fd: int, buffers: list[memoryview]) -> int:
+        return real_writev(fd, [buffers[0][:1]])
+
+    monkeypatch.setattr(os, "writev", one_byte_at_a_time)
+    target = tmp_path / "deep" / "file.dcm"
+    parts = (b"head", memoryview(b"--body--")[2:6], b"", bytearray(b"tail"))
+    write_bytes_atomic(target, parts, temp_dir=tmp_path)
+    assert target.read_bytes() == b"headbodytail"
+    assert [p.name for p in tmp_path.iterdir()] == ["deep"]
+
+
+def test_a_full_disk_mid_write_leaves_neither_file_nor_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import errno
+    import os
+
+    target = tmp_path / "old.dcm"
+    target.write_bytes(b"old")
+
+    def full(fd: int, buffers: list[memoryview]) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "writev", full)
+    with pytest.raises(OSError, match="No space"):
+        write_bytes_atomic(target, (b"new", b"data"), temp_dir=tmp_path)
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["old.dcm"]
