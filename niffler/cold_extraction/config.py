@@ -60,7 +60,13 @@ class ColdConfig:
     StartHour: int = setting(19, "hour (0-23) the nightly window opens", minimum=0, maximum=23)
     EndHour: int = setting(7, "hour (0-23) the nightly window closes", minimum=0, maximum=23)
     NifflerID: int = setting(1, "identifier of this Niffler instance, for logs and reports", minimum=0)
-    MaxNifflerProcesses: int = setting(1, "concurrent associations to the PACS", minimum=1, maximum=64)
+    MaxNifflerProcesses: int = setting(
+        1,
+        "concurrent associations to the PACS; above 1, the C-MOVE receiver also runs in this many "
+        "processes (at most one per CPU)",
+        minimum=1,
+        maximum=64,
+    )
     StorageFolder: Path = setting(Path("niffler-cold-data"), "folder retrieved files are stored under")
     FilePath: str = setting(DEFAULT_FILE_PATH, "dcm4che-style path template, or CFIND-ONLY / CFIND-DETAILED")
     CsvFile: str = setting("", "CSV of rows to retrieve (overridden by --csv)")

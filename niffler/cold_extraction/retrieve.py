@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Protocol
 
 from niffler.cold_extraction.verdict import UNIQUE_KEY, Target, Transfer
@@ -112,6 +112,9 @@ class Receipts:
         #: The operating system's reason for the last refused write (no identifiers).
         self.last_failure = ""
         self.disk_full = threading.Event()
+        #: Called before a count is read, to take in instances reported but not yet handled
+        #: (receiver processes report asynchronously; see niffler.net.fanout).
+        self.sync: Callable[[], None] | None = None
 
     def on_failed(self, error: OSError) -> None:
         with self._lock:
@@ -133,11 +136,15 @@ class Receipts:
 
     def count(self, key: Key) -> int:
         """Distinct instances of *key* written during its current transfer."""
+        if self.sync is not None:
+            self.sync()
         with self._lock:
             return len(self._seen.get(key, ()))
 
     def arrived(self, key: Key) -> int:
         """Distinct instances of *key* written in this run, over all its transfers."""
+        if self.sync is not None:
+            self.sync()
         with self._lock:
             return len(self._arrived.get(key, ()))
 

@@ -22,6 +22,7 @@ Ctrl-C (rows still queued then stay pending).
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import sys
 import threading
@@ -53,8 +54,9 @@ from niffler.common.ledger import Ledger
 from niffler.common.notify import send_completion
 from niffler.net import accel
 from niffler.net.address import AEAddress
+from niffler.net.fanout import ReceiverPool, can_fork_receivers
 from niffler.net.scp import StorageSCP
-from niffler.net.writer import InstanceWriter
+from niffler.net.writer import INCOMING_DIR, InstanceWriter, StoredInstance
 
 if TYPE_CHECKING:
     from niffler.cold_extraction.dicomweb import HttpSettings
@@ -149,25 +151,46 @@ class ColdRun:
             transfer_syntax_policy=self.config.TransferSyntaxPolicy,
         )
 
-    def receiver(self) -> StorageSCP | None:
-        """Our Storage SCP for C-MOVE, closed to all but the PACS and AllowedCallingAets; None if external."""
+    def receiver(self) -> StorageSCP | ReceiverPool | None:
+        """Our Storage SCP for C-MOVE, closed to all but the PACS and AllowedCallingAets; None if external.
+
+        With more than one worker it is a pool of receiver processes (one per
+        worker, at most one per CPU) behind the one port: receiving is the
+        Python work of a retrieval, and one process has one interpreter lock.
+        """
         if not self.local_receiver or self.peer is None:  # no peer: DICOMweb, nothing to receive
             if self.mode == "move" and self.web is None:
                 log.info("C-MOVE destination %s is external: no local receiver started", self.config.DestAet)
             return None
         allowed = self.config.receiver_calling_aets
         log.info("receiver accepts %s", "any calling AE title" if allowed is None else ", ".join(allowed))
-        return StorageSCP(
-            self.storage,
-            ae_title=self.query_aet.title,
-            port=self.query_aet.port,
-            host=listen_address(self.config.BindAddress, self.peer),
-            file_path=self.config.FilePath,
-            allowed_calling_aets=allowed,
-            on_stored=self.receipts.on_stored,
-            on_failed=self.receipts.on_failed,
-            transfer_syntax_policy=self.config.TransferSyntaxPolicy,
-        )
+        host = listen_address(self.config.BindAddress, self.peer)
+
+        def make_scp(
+            on_stored: Callable[[StoredInstance], None], on_failed: Callable[[OSError], None]
+        ) -> StorageSCP:
+            return StorageSCP(
+                self.storage,
+                ae_title=self.query_aet.title,
+                port=self.query_aet.port,
+                host=host,
+                file_path=self.config.FilePath,
+                allowed_calling_aets=allowed,
+                on_stored=on_stored,
+                on_failed=on_failed,
+                transfer_syntax_policy=self.config.TransferSyntaxPolicy,
+            )
+
+        processes = min(self.config.MaxNifflerProcesses, os.cpu_count() or 1)
+        if processes > 1 and can_fork_receivers():
+            pool = ReceiverPool(
+                processes, make_scp, ae_title=self.query_aet.title, host=host, port=self.query_aet.port,
+                on_stored=self.receipts.on_stored, on_failed=self.receipts.on_failed,
+                incoming=self.storage / INCOMING_DIR,
+            )  # fmt: skip
+            self.receipts.sync = pool.sync
+            return pool
+        return make_scp(self.receipts.on_stored, self.receipts.on_failed)
 
     def run(self) -> Summary:
         """Serve every row; return the summary (``interrupted`` set after Ctrl-C)."""

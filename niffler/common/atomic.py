@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["NAME_MAX", "atomic_write", "temp_name", "write_bytes_atomic"]
+__all__ = ["NAME_MAX", "atomic_write", "remove_temp_files", "temp_name", "write_bytes_atomic"]
 
 #: Longest file name (in bytes) most filesystems allow.
 NAME_MAX = 255
@@ -41,6 +41,16 @@ def temp_name(name: str) -> str:
             room -= 1
         name = os.fsdecode(raw[:room])
     return f".{name}{tail}"
+
+
+def remove_temp_files(folder: Path, pid: int) -> int:
+    """Remove the temp files process *pid* left in *folder* (it died mid-write); return how many."""
+    removed = 0
+    for leftover in folder.glob(f".*.{pid}.*.part"):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+            removed += 1
+    return removed
 
 
 def _open(temp: Path, mode: str, encoding: str | None, newline: str | None) -> IO[Any]:

@@ -9,6 +9,7 @@ understand); neither raises across the network (PS3.4 Annex B.2.3).
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PDU = 4 * 1024 * 1024
 #: How often the listening loop looks for a stop request (seconds).
 _SERVER_POLL = 0.05
+_LOOPBACK = "127.0.0.1"
 #: A-ASSOCIATE-RJ of a receiver that cannot take an association now: rejected-transient, by the
 #: service provider (presentation related), local-limit-exceeded (PS3.8 9.3.4): a sender retries.
 _REJECT_BUSY = (0x02, 0x03, 0x02)
@@ -151,6 +153,9 @@ class StorageSCP:
         self.maximum_associations = maximum_associations
         self.accepted_syntaxes = acceptor_order(transfer_syntax_policy)
         self._server: Any = None
+        self._listening = True
+        #: Called when a connection it served closes, whatever became of its association.
+        self.on_association_end: Callable[[], None] | None = None
         self._lock = threading.Lock()
         self.log_associations = log_associations
         #: id(association) -> [calling AE, start, instances, bytes, failures] while it is open.
@@ -240,6 +245,10 @@ class StorageSCP:
         with self._lock:
             self._sessions[id(event.assoc)] = [peer_title(event.assoc) or "?", time.monotonic(), 0, 0, 0]
 
+    def _connection_closed(self, event: evt.Event) -> None:
+        if self.on_association_end is not None:
+            self.on_association_end()
+
     def _closed(self, event: evt.Event) -> None:
         with self._lock:
             session = self._sessions.pop(id(event.assoc), None)
@@ -253,40 +262,57 @@ class StorageSCP:
             calling, how, instances, size / 1e6, time.monotonic() - started, failures,
         )  # fmt: skip
 
-    def start(self) -> StorageSCP:
-        """Start listening in background threads and return self."""
+    def start(self, *, listen: bool = True) -> StorageSCP:
+        """Start listening in background threads and return self.
+
+        With *listen* False nothing listens: connections accepted elsewhere
+        (by a :class:`~niffler.net.fanout.ReceiverPool` parent) are served
+        through :meth:`serve_connection`.
+        """
         with self._lock:
             if self._server is not None:
                 return self
             self.writer.prepare()
             ae = self._build_ae()
             store = self._counted(self.writer.store_handler(self.on_stored, self.admit, self.on_failed))
+            handlers: list[Any] = [
+                (evt.EVT_C_STORE, self._on_c_store),
+                (evt.EVT_CONN_OPEN, _accepted, [store]),
+                (evt.EVT_REQUESTED, self._requested),
+                (evt.EVT_ACCEPTED, _log_lossy),
+                (evt.EVT_ACCEPTED, self._opened),
+                (evt.EVT_RELEASED, self._closed),
+                (evt.EVT_ABORTED, self._closed),
+                (evt.EVT_CONN_CLOSE, self._connection_closed),
+            ]
             try:
-                server = accel.start_server(
-                    ae,
-                    (self.host, self._requested_port),
-                    self._contexts(),
-                    [
-                        (evt.EVT_C_STORE, self._on_c_store),
-                        (evt.EVT_CONN_OPEN, _accepted, [store]),
-                        (evt.EVT_REQUESTED, self._requested),
-                        (evt.EVT_ACCEPTED, _log_lossy),
-                        (evt.EVT_ACCEPTED, self._opened),
-                        (evt.EVT_RELEASED, self._closed),
-                        (evt.EVT_ABORTED, self._closed),
-                    ],
-                    _SERVER_POLL,
-                )
+                if listen:
+                    server = accel.start_server(
+                        ae, (self.host, self._requested_port), self._contexts(), handlers, _SERVER_POLL
+                    )
+                else:
+                    server = ae.make_server((_LOOPBACK, 0), contexts=self._contexts(), evt_handlers=handlers)
+                    server.server_close()  # it only serves connections handed to it
             except OSError as exc:
                 raise ConfigError(
                     f"cannot listen on {self.host}:{self._requested_port} as {self.ae_title}: "
                     f"{exc.strerror or exc}"
                 ) from None
             self._server = server
-        log.info(
-            "Storage SCP %s listening on %s:%d; %s", self.ae_title, self.host, self.port, accel.describe()
-        )
+            self._listening = listen
+        if listen:
+            log.info(
+                "Storage SCP %s listening on %s:%d; %s", self.ae_title, self.host, self.port, accel.describe()
+            )
         return self
+
+    def serve_connection(self, connection: socket.socket, address: tuple[str, int]) -> None:
+        """Serve an association on a connection accepted elsewhere (see ``start(listen=False)``)."""
+        server = self._server
+        if server is None:
+            connection.close()
+            return
+        server.process_request(connection, address)
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop listening; give associations in flight *grace* seconds to finish, then abort them.
@@ -299,7 +325,8 @@ class StorageSCP:
             server, self._server = self._server, None
         if server is None:
             return
-        server.shutdown()
+        if self._listening:
+            server.shutdown()
         # Only associations in use are waited for: a bare connection (a port probe) would hold the
         # stop for the whole grace, and its abort is no news.
         deadline = time.monotonic() + grace
@@ -311,7 +338,7 @@ class StorageSCP:
             assoc.abort()
         if in_use:
             log.warning("Storage SCP %s aborted %d association(s) still open", self.ae_title, len(in_use))
-        log.info("Storage SCP %s stopped", self.ae_title)
+        log.log(logging.INFO if self._listening else logging.DEBUG, "Storage SCP %s stopped", self.ae_title)
 
     def __enter__(self) -> StorageSCP:
         return self.start()

@@ -298,15 +298,18 @@ def test_a_pacs_down_past_the_retries_fails_rows_exactly_and_a_rerun_resumes(col
     assert {f.path: f.inode for f in files if f.path in kept} == kept
 
 
-@pytest.mark.parametrize("per_move", [1, 10], ids=["study-moves", "list-move"])
+@pytest.mark.parametrize(
+    ("per_move", "workers"), [(1, 1), (10, 1), (1, 2)], ids=["study-moves", "list-move", "two-receivers"]
+)
 def test_sigterm_mid_transfer_stops_cleanly_and_a_rerun_fetches_only_the_rest(
-    cold_run: ColdRun, per_move: int
+    cold_run: ColdRun, per_move: int, workers: int
 ) -> None:
     run = cold_run
-    run.configure(StudiesPerMove=per_move)
+    run.configure(StudiesPerMove=per_move, MaxNifflerProcesses=workers)
     cold = run.start()
     try:
         assert wait_until(lambda: run.instances_on_disk() >= MID_RUN, 60, proc=cold), run.log()
+        receivers = child_pids(cold.pid)
         cold.send_signal(signal.SIGTERM)
         rc = cold.wait(15)
     finally:
@@ -315,6 +318,8 @@ def test_sigterm_mid_transfer_stops_cleanly_and_a_rerun_fetches_only_the_rest(
             cold.wait()
     output = run.log()
     assert rc == 130, output
+    assert len(receivers) == (workers if workers > 1 else 0)
+    assert wait_until(lambda: not any(pid_alive(pid) for pid in receivers), 5), "a receiver outlived the run"
     assert "interrupted" in output and "Traceback" not in output
     assert temp_files([run.storage]) == [], "an interrupted write left its temp file"
     # The state it left is consistent: every study the ledger calls done is whole on disk, every
@@ -346,6 +351,81 @@ def test_sigterm_mid_transfer_stops_cleanly_and_a_rerun_fetches_only_the_rest(
     files = assert_exactly_the_seeded_set(run.storage, run.manifest)
     assert_all_done_exactly(run)
     assert {f.path: f.inode for f in files if f.path in kept} == kept
+
+
+def test_two_workers_receive_in_two_processes_exactly_and_leave_none_behind(cold_run: ColdRun) -> None:
+    run = cold_run
+    run.configure(MaxNifflerProcesses=2, StudiesPerMove=1)
+    cold = run.start()
+    receivers: set[int] = set()
+    try:
+        assert wait_until(lambda: len(child_pids(cold.pid)) == 2, 20, proc=cold), run.log()
+        receivers = child_pids(cold.pid)
+        rc = cold.wait(60)
+    finally:
+        if cold.poll() is None:
+            cold.kill()
+            cold.wait()
+    output = run.log()
+    assert rc == 0, output
+    assert "2 receiver processes" in output and "Traceback" not in output
+    assert_exactly_the_seeded_set(run.storage, run.manifest)
+    assert_all_done_exactly(run)
+    assert f", {len(run.manifest)} instance(s), " in summary_line(output)
+    assert not any(pid_alive(pid) for pid in receivers)
+
+
+def test_a_receiver_process_killed_mid_move_costs_a_retry_not_an_instance(cold_run: ColdRun) -> None:
+    """One of two receiver processes dies (-9) with a move in flight; the other serves the retries."""
+    run = cold_run
+    run.configure(MaxNifflerProcesses=2, StudiesPerMove=1, Retries=5, RetryDelaySeconds=0.2)
+    cold = run.start()
+    try:
+        assert wait_until(lambda: run.instances_on_disk() >= PER_STUDY // 2, 60, proc=cold), run.log()
+        victim, survivor = sorted(child_pids(cold.pid), key=lambda pid: _open_sockets(pid), reverse=True)
+        os.kill(victim, signal.SIGKILL)
+        rc = cold.wait(90)
+    finally:
+        if cold.poll() is None:
+            cold.kill()
+            cold.wait()
+    output = run.log()
+    assert rc == 0, output
+    assert f"receiver process {victim} ended unexpectedly" in output
+    assert "C-MOVE ended with status 0xC000" in output and "retry 1 of 5" in output  # the move it served
+    assert "6 stud(ies) in 7 C-MOVE(s)" in summary_line(output)
+    assert_exactly_the_seeded_set(run.storage, run.manifest)
+    assert_all_done_exactly(run)
+    assert not pid_alive(survivor)
+
+
+def test_receivers_end_when_niffler_cold_is_killed(cold_run: ColdRun) -> None:
+    run = cold_run
+    run.configure(MaxNifflerProcesses=2)
+    cold = run.start()
+    try:
+        assert wait_until(lambda: run.instances_on_disk() >= 1, 60, proc=cold), run.log()
+        receivers = child_pids(cold.pid)
+        assert len(receivers) == 2
+        cold.kill()
+        cold.wait(10)
+        assert wait_until(lambda: not any(pid_alive(pid) for pid in receivers), 10), "orphaned receivers"
+    finally:
+        if cold.poll() is None:
+            cold.kill()
+            cold.wait()
+    assert temp_files([run.storage]) == []
+
+
+def _open_sockets(pid: int) -> int:
+    """How many sockets process *pid* holds (a receiver serving a move holds one more)."""
+    count = 0
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            count += os.readlink(fd).startswith("socket:")
+        except OSError:
+            continue
+    return count
 
 
 # --- niffler-png -------------------------------------------------------------------------------------

@@ -278,13 +278,17 @@ ROWS = {
 }
 #: (peer, mode) pairs. dcmqrscp -xy changes only what it proposes when it opens the C-MOVE
 #: association; for C-GET Niffler proposes and the result is the plain dcmqrscp's.
+#: "move-x2": C-MOVE with two workers, so two receiver processes share the destination port.
 PEER_MODES = [
     ("orthanc", "move"),
+    ("orthanc", "move-x2"),
     ("orthanc", "get"),
     ("dcmqrscp", "move"),
+    ("dcmqrscp", "move-x2"),
     ("dcmqrscp", "get"),
     ("dcmqrscp-xy", "move"),
     ("qrscp", "move"),
+    ("qrscp", "move-x2"),
     ("qrscp", "get"),
 ]
 
@@ -304,12 +308,13 @@ def run_cold(
                 "Retries": 1,
                 "RetryDelaySeconds": 0.05,
                 "TimeoutSeconds": 20,
+                "MaxNifflerProcesses": 2 if mode == "move-x2" else 1,
             }
         )
     )
     table = workdir / "rows.csv"
     table.write_text(rows, encoding="utf-8")
-    args = [str(NIFFLER_COLD), "--config", str(config), "--csv", str(table), "--mode", mode]
+    args = [str(NIFFLER_COLD), "--config", str(config), "--csv", str(table), "--mode", mode.split("-")[0]]
     result = subprocess.run(args, capture_output=True, text=True, timeout=180, check=False)
     return result, storage
 
@@ -343,6 +348,8 @@ def test_cold_row_retrieves_exactly_its_instances_losslessly_and_reports_true_co
     problems = arrival_problems(dicom_files(storage), want, by_sop)
     if result.returncode != 0:
         problems.insert(0, f"niffler-cold exited {result.returncode}")
+    if mode == "move-x2" and "2 receiver processes" not in result.stderr:
+        problems.append("niffler-cold did not receive in two processes")
     expected = {
         "status": "done",
         "studies": str(row.studies),
