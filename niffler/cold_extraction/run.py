@@ -182,7 +182,9 @@ class ColdRun:
             )
 
         processes = min(self.config.MaxNifflerProcesses, os.cpu_count() or 1)
-        if processes > 1 and can_fork_receivers():
+        if processes > 1 and not can_fork_receivers():
+            log.info("the receiver runs in this process: receiver processes cannot be forked here")
+        elif processes > 1:
             pool = ReceiverPool(
                 processes, make_scp, ae_title=self.query_aet.title, host=host, port=self.query_aet.port,
                 on_stored=self.receipts.on_stored, on_failed=self.receipts.on_failed,

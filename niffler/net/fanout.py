@@ -153,7 +153,12 @@ class ReceiverPool:
                 self._drain(child)
 
     def stop(self, grace: float = 5.0) -> None:
-        """Stop accepting; let each child stop its SCP within *grace*; wait; handle the last reports."""
+        """Stop accepting; let each child stop its SCP within *grace*; wait; handle the last reports.
+
+        Reports are read while the children stop (a child blocked on a full
+        channel could not finish its last associations); one that outlives
+        *grace* by 5 s is killed.
+        """
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -166,8 +171,18 @@ class ReceiverPool:
                 with contextlib.suppress(OSError):
                     child.channel.send(_STOP + json.dumps({"grace": grace}).encode())
         deadline = time.monotonic() + grace + 5.0
-        for child in self._children:
-            _reap(child.pid, deadline)
+        waiting = {child.pid for child in self._children}
+        while waiting and time.monotonic() < deadline:
+            self.sync()
+            waiting = {pid for pid in waiting if not _exited(pid)}
+            if waiting:
+                time.sleep(0.02)
+        for pid in waiting:
+            log.warning("receiver process %d did not stop in time; killed", pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
         self.sync()
         for child in self._children:
             child.channel.close()
@@ -274,22 +289,13 @@ class ReceiverPool:
                 remove_temp_files(self.incoming, child.pid)
 
 
-def _reap(pid: int, deadline: float) -> None:
-    """Wait for child *pid* until *deadline*, then kill it."""
-    while True:
-        try:
-            done, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if done:
-            return
-        if time.monotonic() >= deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
-            return
-        time.sleep(0.02)
+def _exited(pid: int) -> bool:
+    """Whether child *pid* has exited (and is reaped now)."""
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return bool(done)
 
 
 # --- the child ---------------------------------------------------------------------------------
