@@ -90,11 +90,7 @@ def atomic_write(
             if fsync:
                 handle.flush()
                 os.fsync(handle.fileno())
-        try:
-            os.replace(temp, path)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, path)
+        _rename_into_place(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
@@ -127,14 +123,19 @@ def write_bytes_atomic(
                 os.fsync(fd)
         finally:
             os.close(fd)
-        try:
-            os.replace(temp, path)
-        except FileNotFoundError:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, path)
+        _rename_into_place(temp, path)
     except BaseException:
         temp.unlink(missing_ok=True)
         raise
+
+
+def _rename_into_place(temp: Path, path: Path) -> None:
+    """Rename the finished temp file to *path*, creating *path*'s folders only if they are missing."""
+    try:
+        os.replace(temp, path)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(temp, path)
 
 
 def _write_all(fd: int, parts: Sequence[bytes | bytearray | memoryview]) -> None:

@@ -5,6 +5,7 @@ real process; each run is checked for exactly the seeded content, no duplicate, 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -103,6 +104,17 @@ class ColdRun:
     def start(self, log: str = "cold.log") -> subprocess.Popen[bytes]:
         with open(self.folder / log, "wb") as handle:
             return subprocess.Popen(self.command(), stdout=handle, stderr=subprocess.STDOUT)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[subprocess.Popen[bytes]]:
+        """:meth:`start` it; kill it on the way out if it is still running."""
+        cold = self.start()
+        try:
+            yield cold
+        finally:
+            if cold.poll() is None:
+                cold.kill()
+                cold.wait()
 
     def log(self, name: str = "cold.log") -> str:
         return (self.folder / name).read_text(errors="replace")
@@ -306,16 +318,11 @@ def test_sigterm_mid_transfer_stops_cleanly_and_a_rerun_fetches_only_the_rest(
 ) -> None:
     run = cold_run
     run.configure(StudiesPerMove=per_move, MaxNifflerProcesses=workers)
-    cold = run.start()
-    try:
+    with run.running() as cold:
         assert wait_until(lambda: run.instances_on_disk() >= MID_RUN, 60, proc=cold), run.log()
         receivers = child_pids(cold.pid)
         cold.send_signal(signal.SIGTERM)
         rc = cold.wait(15)
-    finally:
-        if cold.poll() is None:
-            cold.kill()
-            cold.wait()
     output = run.log()
     assert rc == 130, output
     assert len(receivers) == (workers if workers > 1 else 0)
@@ -356,16 +363,10 @@ def test_sigterm_mid_transfer_stops_cleanly_and_a_rerun_fetches_only_the_rest(
 def test_two_workers_receive_in_two_processes_exactly_and_leave_none_behind(cold_run: ColdRun) -> None:
     run = cold_run
     run.configure(MaxNifflerProcesses=2, StudiesPerMove=1)
-    cold = run.start()
-    receivers: set[int] = set()
-    try:
+    with run.running() as cold:
         assert wait_until(lambda: len(child_pids(cold.pid)) == 2, 20, proc=cold), run.log()
         receivers = child_pids(cold.pid)
         rc = cold.wait(60)
-    finally:
-        if cold.poll() is None:
-            cold.kill()
-            cold.wait()
     output = run.log()
     assert rc == 0, output
     assert "2 receiver processes" in output and "Traceback" not in output
@@ -379,16 +380,11 @@ def test_a_receiver_process_killed_mid_move_costs_a_retry_not_an_instance(cold_r
     """One of two receiver processes dies (-9) with a move in flight; the other serves the retries."""
     run = cold_run
     run.configure(MaxNifflerProcesses=2, StudiesPerMove=1, Retries=5, RetryDelaySeconds=0.2)
-    cold = run.start()
-    try:
+    with run.running() as cold:
         assert wait_until(lambda: run.instances_on_disk() >= PER_STUDY // 2, 60, proc=cold), run.log()
         victim, survivor = sorted(child_pids(cold.pid), key=lambda pid: _open_sockets(pid), reverse=True)
         os.kill(victim, signal.SIGKILL)
         rc = cold.wait(90)
-    finally:
-        if cold.poll() is None:
-            cold.kill()
-            cold.wait()
     output = run.log()
     assert rc == 0, output
     assert f"receiver process {victim} ended unexpectedly" in output
@@ -402,18 +398,13 @@ def test_a_receiver_process_killed_mid_move_costs_a_retry_not_an_instance(cold_r
 def test_receivers_end_when_niffler_cold_is_killed(cold_run: ColdRun) -> None:
     run = cold_run
     run.configure(MaxNifflerProcesses=2)
-    cold = run.start()
-    try:
+    with run.running() as cold:
         assert wait_until(lambda: run.instances_on_disk() >= 1, 60, proc=cold), run.log()
         receivers = child_pids(cold.pid)
         assert len(receivers) == 2
         cold.kill()
         cold.wait(10)
         assert wait_until(lambda: not any(pid_alive(pid) for pid in receivers), 10), "orphaned receivers"
-    finally:
-        if cold.poll() is None:
-            cold.kill()
-            cold.wait()
     assert temp_files([run.storage]) == []
 
 
