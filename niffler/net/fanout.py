@@ -314,8 +314,9 @@ def _child_main(
         for sibling in siblings:  # the parent's ends of earlier children's channels
             sibling.close()
         code = _serve_handed_over(channel, make_scp)
-    except BaseException:  # the child must reach os._exit whatever happens
-        log.exception("receiver process %d failed", os.getpid())
+    except BaseException as exc:  # the child must reach os._exit whatever happens
+        # The type only: an OSError's message names a file, and a received file's path holds identifiers.
+        log.error("receiver process %d failed: %s", os.getpid(), type(exc).__name__)
     finally:
         logging.shutdown()
         os._exit(code)

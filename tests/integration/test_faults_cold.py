@@ -10,6 +10,7 @@ import csv
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -406,6 +407,18 @@ def test_receivers_end_when_niffler_cold_is_killed(cold_run: ColdRun) -> None:
         cold.wait(10)
         assert wait_until(lambda: not any(pid_alive(pid) for pid in receivers), 10), "orphaned receivers"
     assert temp_files([run.storage]) == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_receiver_port_already_taken_fails_at_once_naming_it(cold_run: ColdRun, workers: int) -> None:
+    run = cold_run
+    run.configure(MaxNifflerProcesses=workers)
+    with socket.create_server((LOOPBACK, run.scp_port)):
+        result = run.rerun()
+    assert result.returncode == 1, result.stderr
+    assert f"cannot listen on {LOOPBACK}:{run.scp_port} as NIFFLER" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not run.storage.exists() or stored(run.storage) == []
 
 
 def _open_sockets(pid: int) -> int:
