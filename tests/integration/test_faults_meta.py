@@ -440,7 +440,9 @@ def test_sigterm_mid_stream_stops_cleanly_and_the_rerun_takes_the_rest_without_d
         tmp_path, storage=storage, state=state, mongo_uri=secantus.uri, database=mongo_db_name
     )
     cloners = [SeriesCloner(templates, tmp_path / f"corpus{n}", seed=n) for n in range(3)]
-    batches = [[cloner.next_series() for _ in range(10)] for cloner in cloners]
+    # 30 series (360 instances) per sender: enough that a stop after a third lands mid-stream now
+    # that receiving is fast (10 each, all 360 were sometimes in before the stop).
+    batches = [[cloner.next_series() for _ in range(30)] for cloner in cloners]
     everything = [inst for batch in batches for s in batch for inst in s]
     daemon = daemons(config)
     streams = [
