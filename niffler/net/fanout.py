@@ -128,14 +128,21 @@ class ReceiverPool:
             where = f"{self.host}:{self._requested_port}"
             raise ConfigError(f"cannot listen on {where} as {self.ae_title}: {exc.strerror or exc}") from None
         self._listener = listener
-        for _ in range(self.processes):
-            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-            pid = os.fork()
-            if pid == 0:  # the child: never returns
-                ours.close()
-                _child_main(theirs, listener, self.make_scp, [c.channel for c in self._children])
-            theirs.close()
-            self._children.append(_Child(pid, ours))
+        try:
+            for _ in range(self.processes):
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+                pid = os.fork()
+                if pid == 0:  # the child: never returns
+                    ours.close()
+                    _child_main(theirs, listener, self.make_scp, [c.channel for c in self._children])
+                theirs.close()
+                self._children.append(_Child(pid, ours))
+        except OSError as exc:  # out of processes or descriptors: the children made so far see EOF and exit
+            listener.close()
+            for child in self._children:
+                child.channel.close()
+                _exited(child.pid)
+            raise ConfigError(f"cannot start receiver processes: {exc.strerror or exc}") from None
         for name, target in (("accept", self._accept), ("reports", self._read)):
             thread = threading.Thread(target=target, name=f"receivers-{name}", daemon=True)
             thread.start()

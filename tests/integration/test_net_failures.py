@@ -176,7 +176,6 @@ def test_a_pacs_that_stops_mid_pdu_fails_the_request_and_lets_go() -> None:
         ae.shutdown()
 
 
-@pytest.mark.skipif(not accel.ENABLED, reason="pynetdicom's stock reader waits out the 60 s network timeout")
 def test_a_sender_that_stops_mid_pdu_does_not_hold_the_receivers_stop(tmp_path: Path) -> None:
     """A sender starts a P-DATA-TF on an established association and stops: stop() still returns."""
     received: list[object] = []
