@@ -83,8 +83,11 @@ from niffler.net.messages import PENDING, RetrieveResponse, StoreHandler, StoreR
 from niffler.net.scan import decode_uid
 
 __all__ = [
+    "C_STORE",
     "SUPPORTED",
+    "Association",
     "NifflerAE",
+    "PresentationContext",
     "SharedContext",
     "accepted_transfer_syntax",
     "command_to_primitive",

@@ -34,9 +34,8 @@ from pynetdicom import AE, build_context
 
 from niffler.net.messages import RetrieveResponse, StoreHandler
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
-    from pynetdicom.presentation import PresentationContext
+if TYPE_CHECKING:  # annotations only: pynetdicom's own classes, named by its one seam
+    from niffler.net._pynetdicom30 import Association, PresentationContext
 
 __all__ = [
     "ENABLED",

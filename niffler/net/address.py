@@ -14,8 +14,8 @@ from pynetdicom import AE, evt
 
 from niffler.common.errors import AssociationError, ConfigError
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
+if TYPE_CHECKING:  # annotations only: pynetdicom's own classes, named by its one seam
+    from niffler.net._pynetdicom30 import Association
 
 __all__ = ["AEAddress", "associate", "no_delay", "open_association", "validate_ae_title"]
 

@@ -28,9 +28,8 @@ from niffler.net.messages import StoreHandler, StoreRequest
 from niffler.net.syntaxes import UNCOMPRESSED, acceptor_order, is_lossy
 from niffler.net.writer import InstanceWriter, StoredInstance, peer_title
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
-    from pynetdicom.presentation import PresentationContext
+if TYPE_CHECKING:  # annotations only: pynetdicom's own classes, named by its one seam
+    from niffler.net._pynetdicom30 import Association, PresentationContext
 
 __all__ = ["DEFAULT_MAX_PDU", "StorageSCP"]
 

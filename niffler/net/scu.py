@@ -35,8 +35,8 @@ from niffler.net.messages import PENDING, RetrieveResponse
 from niffler.net.syntaxes import get_contexts
 from niffler.net.writer import InstanceWriter, StoredInstance
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
+if TYPE_CHECKING:  # annotations only: pynetdicom's own classes, named by its one seam
+    from niffler.net._pynetdicom30 import Association
 
 __all__ = [
     "PENDING",

@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING
 
 from pynetdicom import ALL_TRANSFER_SYNTAXES, StoragePresentationContexts, build_context
 
-if TYPE_CHECKING:
-    from pynetdicom.presentation import PresentationContext
+if TYPE_CHECKING:  # annotations only: pynetdicom's own classes, named by its one seam
+    from niffler.net._pynetdicom30 import PresentationContext
 
 __all__ = [
     "LOSSLESS_COMPRESSED",

@@ -45,9 +45,8 @@ from niffler.net import accel
 from niffler.net.messages import StoreHandler, StoreRequest
 from niffler.net.scan import decode_uid, plain_values, raw_dataset, scan_raw, truncation
 
-if TYPE_CHECKING:
-    from pynetdicom.association import Association
-    from pynetdicom.dimse_primitives import C_STORE
+if TYPE_CHECKING:  # annotations only: pynetdicom's own classes, named by its one seam
+    from niffler.net._pynetdicom30 import C_STORE, Association
 
 __all__ = [
     "INCOMING_DIR",

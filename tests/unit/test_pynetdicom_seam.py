@@ -67,3 +67,33 @@ def test_the_check_sees_an_internal_import_and_skips_type_checking_blocks() -> N
     )
     modules = [module for _, module, _ in _runtime_imports(tree)]
     assert modules == ["typing", "pynetdicom.dul", "pynetdicom._globals"]
+
+
+def _all_imports(tree: ast.Module) -> list[tuple[int, str]]:
+    """(line, module) of every import, those under ``if TYPE_CHECKING`` included."""
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.append((node.lineno, node.module))
+    return found
+
+
+def test_annotations_name_pynetdicom_classes_through_the_seam_and_it_never_loads_elsewhere() -> None:
+    """Not even a type-checking import reaches into pynetdicom outside the accelerator; the
+    accelerator itself is loaded at run time by accel.py alone (importlib, inside its guard)."""
+    root = Path(niffler.__file__).parent
+    offences = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name == ACCELERATOR:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        where = path.relative_to(root)
+        for line, module in _all_imports(tree):
+            if module.startswith("pynetdicom.") and module not in PUBLIC_MODULES:
+                offences.append(f"{where}:{line} imports {module}")
+        for line, module, _ in _runtime_imports(tree):
+            if module == "niffler.net._pynetdicom30":
+                offences.append(f"{where}:{line} loads the accelerator at run time")
+    assert offences == []
