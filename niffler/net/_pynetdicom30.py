@@ -727,24 +727,17 @@ def _read_pdu(dul: DULServiceProvider) -> bool | None:
             return False  # nothing has arrived
         if 0 < got < len(head):
             head[got:] = _recv_exact(transport, len(head) - got)
-    except _Abandoned:
-        return True  # the abort that waits is the state machine's next event
-    except OSError:
-        log.error("the connection closed before the entire PDU was received")
-        dul.event_queue.put("Evt17")
-        return True
-    if len(head) < _PDU_HEAD.size or not got:  # closed by the peer, as pynetdicom reads it
-        dul.event_queue.put("Evt17")
-        return True
-    pdu_type, length = _PDU_HEAD.unpack(head)
-    if pdu_type not in _PDU_TYPES:
-        log.error("unknown PDU type received 0x%02X", pdu_type)
-        dul.event_queue.put("Evt19")
-        return True
-    try:
+        if len(head) < _PDU_HEAD.size or not got:  # closed by the peer, as pynetdicom reads it
+            dul.event_queue.put("Evt17")
+            return True
+        pdu_type, length = _PDU_HEAD.unpack(head)
+        if pdu_type not in _PDU_TYPES:
+            log.error("unknown PDU type received 0x%02X", pdu_type)
+            dul.event_queue.put("Evt19")
+            return True
         body = _recv_exact(transport, length)
     except _Abandoned:
-        return True
+        return True  # the abort that waits is the state machine's next event
     except OSError:
         log.error("the connection closed before the entire PDU was received")
         dul.event_queue.put("Evt17")
